@@ -1,0 +1,41 @@
+# ipskit: one command per job. Each target sets up .venv first (idempotent).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.setup-stamp
+
+.PHONY: setup demo test app lab bench browser clean-notebooks
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup          ## train CE and IPS on the built-in digits data and compare them
+	$(BIN)/ipskit demo
+
+test: setup browser  ## the whole test suite (CPU, no network)
+	$(BIN)/python -m pytest
+
+app: setup           ## the Streamlit explorer on http://localhost:8501
+	$(BIN)/streamlit run app/Home.py
+
+lab: setup           ## JupyterLab on the tutorial notebooks
+	$(BIN)/jupyter lab notebooks/
+
+bench: setup         ## speed benchmarks whose numbers are in the README
+	$(BIN)/python benchmarks/bench_swap.py
+	$(BIN)/python benchmarks/bench_train.py
+
+browser:             ## headless Chromium for the app's browser test (Debian package; needs root)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "note: could not install chromium; the browser test will be skipped"; \
+	  else echo "note: chromium not found; the browser test will be skipped (apt-get install chromium)"; fi; }
+
+clean-notebooks:     ## strip outputs from the notebooks before committing
+	$(BIN)/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb

@@ -1,0 +1,372 @@
+"""Classification metrics on logits: accuracy, NLL, Brier, ECE, temperature scaling, smoothing.
+
+Everything here is a pure function of a logits tensor ``[N, K]`` and a label tensor ``[N]``
+(plus :func:`predict`, which produces the logits from a model). The IPS paper (Choi et al.,
+arXiv 2505.14124) argues that self-distillation between a confident and a weak view of the
+same class both improves accuracy and *smooths* the logits; this module measures both:
+
+* calibration: negative log-likelihood, Brier score, expected calibration error (ECE) with
+  the reliability-diagram data behind it (Guo et al., "On Calibration of Modern Neural
+  Networks", ICML 2017), and temperature scaling fitted on held-out logits (same paper);
+* smoothing: mean max-probability, mean entropy, probability mass outside the true class,
+  mean logit norm, and the class-to-class similarity of mean predictions, per class and
+  overall.
+
+Usage::
+
+    logits = predict(model, x_test, batch_size=256)          # [N, K], CPU float32
+    report = calibration_report(logits, y_test, n_bins=15)   # plain dict, JSON-ready
+    t = fit_temperature(logits_val, y_val)                   # float, > 0
+    report_t = calibration_report(logits / t, y_test)
+
+Conventions (pinned by tests):
+
+* Brier score = mean over samples of the *sum* over classes of ``(p_k - onehot_k)^2``, so it
+  ranges over [0, 2] (Brier's original multi-class definition; some libraries divide by K).
+* ECE uses ``n_bins`` equal-width confidence bins ``(lo, hi]`` (the first also holds 0);
+  confidence is the max softmax probability; ECE = sum_b (n_b / N) |acc_b - conf_b|.
+* Entropy is in nats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+__all__ = [
+    "predict",
+    "accuracy",
+    "nll",
+    "brier_score",
+    "reliability_data",
+    "expected_calibration_error",
+    "fit_temperature",
+    "class_similarity",
+    "smoothing_stats",
+    "calibration_report",
+    "smoothing_report",
+]
+
+
+def _check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate ``logits [N, K]`` and ``labels [N]``; return them as float64 / int64 on CPU."""
+    if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise TypeError(
+            f"logits and labels must be torch.Tensors, got {type(logits).__name__} and {type(labels).__name__}"
+        )
+    if logits.dim() != 2 or labels.dim() != 1 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"expected logits [N, K] and labels [N], got logits {tuple(logits.shape)} and labels {tuple(labels.shape)}"
+        )
+    if logits.shape[0] == 0:
+        raise ValueError("logits and labels are empty (N = 0); at least one sample is needed")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of class ids, got dtype {labels.dtype}")
+    k = logits.shape[1]
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= k:
+        raise ValueError(f"labels must lie in [0, {k - 1}] for {k} classes, got values in [{lo}, {hi}]")
+    if not torch.isfinite(logits).all():
+        raise ValueError("logits contain NaN or inf; metrics need finite logits")
+    return logits.detach().double().cpu(), labels.detach().long().cpu()
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> torch.Tensor:
+    """Run a model over images in eval mode and gather its logits.
+
+    The model's train/eval mode is restored afterwards.
+
+    Args:
+        model: a classifier taking float images in [0, 1] (normalisation is inside the model).
+        x: images ``[N, C, H, W]`` in [0, 1].
+        batch_size: images per forward pass.
+        device: where to run; ``x`` is moved batch by batch.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        logits ``[N, K]``, float32 on the CPU.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be an image tensor [N, C, H, W], got {shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    was_training = model.training
+    model.eval()
+    outs = []
+    try:
+        starts = range(0, x.shape[0], batch_size)
+        for s in tqdm(starts, desc="predict", disable=not progress, leave=False):
+            xb = x[s : s + batch_size].to(device, non_blocking=True).float()
+            outs.append(model(xb).float().cpu())
+    finally:
+        model.train(was_training)
+    if not outs:
+        raise ValueError("x is empty (N = 0); nothing to predict")
+    return torch.cat(outs)  # [N, K]
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
+    """Top-k accuracy: share of samples whose label is among the k largest logits.
+
+    Args:
+        logits: ``[N, K]``.
+        labels: ``[N]`` class ids.
+        k: 1 for top-1, 5 for top-5; must satisfy 1 <= k <= K.
+
+    Returns:
+        accuracy in [0, 1].
+    """
+    logits, labels = _check_logits_labels(logits, labels)
+    if not 1 <= k <= logits.shape[1]:
+        raise ValueError(f"k must be in [1, {logits.shape[1]}] for {logits.shape[1]} classes, got {k}")
+    topk = logits.topk(k, dim=1).indices  # [N, k]
+    return float((topk == labels[:, None]).any(dim=1).double().mean())
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean negative log-likelihood (cross-entropy) of the true class, in nats.
+
+    Args:
+        logits: ``[N, K]``.
+        labels: ``[N]`` class ids.
+
+    Returns:
+        mean over samples of ``-log softmax(logits)[label]``.
+    """
+    logits, labels = _check_logits_labels(logits, labels)
+    return float(F.cross_entropy(logits, labels))
+
+
+def brier_score(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Multi-class Brier score: mean over samples of ``sum_k (p_k - onehot_k)^2``.
+
+    Args:
+        logits: ``[N, K]``.
+        labels: ``[N]`` class ids.
+
+    Returns:
+        Brier score in [0, 2] (not divided by K).
+    """
+    logits, labels = _check_logits_labels(logits, labels)
+    p = logits.softmax(dim=1)
+    onehot = F.one_hot(labels, logits.shape[1]).double()
+    return float(((p - onehot) ** 2).sum(dim=1).mean())
+
+
+def reliability_data(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
+    """Per-bin confidence, accuracy and count for a reliability diagram.
+
+    Bins are equal-width over [0, 1] and right-closed, ``(lo, hi]``; a confidence of
+    exactly 0 falls into the first bin.
+
+    Args:
+        logits: ``[N, K]``.
+        labels: ``[N]`` class ids.
+        n_bins: number of bins (>= 1); 15 as in Guo et al. 2017.
+
+    Returns:
+        dict with lists of length ``n_bins``: ``bin_lower``, ``bin_upper``, ``confidence``
+        (mean max-probability in the bin, None when empty), ``accuracy`` (None when empty),
+        ``count``; and floats ``ece`` and ``mce`` (max calibration gap over non-empty bins).
+    """
+    if not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
+    logits, labels = _check_logits_labels(logits, labels)
+    conf, pred = logits.softmax(dim=1).max(dim=1)  # [N], [N]
+    correct = (pred == labels).double()
+    # ceil(conf * n) - 1 puts conf in (lo, hi]; clamp sends conf = 0 to bin 0.
+    idx = (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)
+    count = torch.bincount(idx, minlength=n_bins).double()
+    conf_sum = torch.bincount(idx, weights=conf, minlength=n_bins)
+    acc_sum = torch.bincount(idx, weights=correct, minlength=n_bins)
+    nonempty = count > 0
+    conf_mean = torch.where(nonempty, conf_sum / count.clamp_min(1), torch.nan)
+    acc_mean = torch.where(nonempty, acc_sum / count.clamp_min(1), torch.nan)
+    gap = (acc_mean - conf_mean).abs()
+    ece = float((count[nonempty] / count.sum() * gap[nonempty]).sum())
+    mce = float(gap[nonempty].max())
+    edges = [i / n_bins for i in range(n_bins + 1)]
+    return {
+        "bin_lower": edges[:-1],
+        "bin_upper": edges[1:],
+        "confidence": [None if math.isnan(v) else v for v in conf_mean.tolist()],
+        "accuracy": [None if math.isnan(v) else v for v in acc_mean.tolist()],
+        "count": [int(c) for c in count.tolist()],
+        "ece": ece,
+        "mce": mce,
+    }
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Expected calibration error with equal-width bins (see :func:`reliability_data`).
+
+    Args:
+        logits: ``[N, K]``.
+        labels: ``[N]`` class ids.
+        n_bins: number of equal-width confidence bins.
+
+    Returns:
+        ECE in [0, 1].
+    """
+    return reliability_data(logits, labels, n_bins)["ece"]
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
+    """Fit the temperature T minimising the NLL of ``logits / T`` (temperature scaling).
+
+    Fit on held-out logits (a validation split), never on the samples you report on.
+    Optimises ``log T`` with L-BFGS (strong Wolfe line search) in float64, starting at T = 1;
+    the NLL is smooth in log T, so this converges in a few steps.
+
+    Args:
+        logits: held-out logits ``[N, K]``.
+        labels: ``[N]`` class ids.
+        max_iter: L-BFGS iteration cap.
+
+    Returns:
+        T > 0 (T > 1 softens over-confident predictions), clipped to [1e-2, 1e2].
+    """
+    logits, labels = _check_logits_labels(logits, labels)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    t = float(log_t.detach().exp())
+    if not math.isfinite(t):  # all-tied logits give a flat NLL; T = 1 is as good as any
+        return 1.0
+    return min(max(t, 1e-2), 1e2)
+
+
+def class_similarity(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> dict:
+    """Class-to-class similarity of mean predictions.
+
+    Args:
+        logits: ``[N, K]``.
+        labels: ``[N]`` class ids.
+        num_classes: K (defaults to ``logits.shape[1]``).
+
+    Returns:
+        dict with two ``[K, K]`` float64 tensors: ``mean_prob`` (row c = mean softmax over the
+        samples whose true class is c; rows sum to 1; NaN rows for classes without samples) and
+        ``cosine`` (cosine similarity between those rows; diagonal 1).
+    """
+    logits, labels = _check_logits_labels(logits, labels)
+    k = num_classes if num_classes is not None else logits.shape[1]
+    if k != logits.shape[1]:
+        raise ValueError(f"num_classes={k} does not match logits with {logits.shape[1]} columns")
+    p = logits.softmax(dim=1)
+    sums = torch.zeros(k, k, dtype=torch.float64).index_add_(0, labels, p)
+    counts = torch.bincount(labels, minlength=k).double()
+    mean_prob = sums / counts[:, None]  # [K, K]; 0/0 -> NaN for absent classes
+    unit = F.normalize(mean_prob, dim=1)
+    return {"mean_prob": mean_prob, "cosine": unit @ unit.T}
+
+
+def smoothing_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Per-sample logit-smoothing statistics.
+
+    Args:
+        logits: ``[N, K]``.
+        labels: ``[N]`` class ids.
+
+    Returns:
+        dict of ``[N]`` float64 tensors: ``max_prob`` (confidence), ``entropy`` (nats),
+        ``off_true_mass`` (1 - p[true class]), ``logit_norm`` (L2 norm of the logit vector).
+    """
+    logits, labels = _check_logits_labels(logits, labels)
+    logp = logits.log_softmax(dim=1)
+    p = logp.exp()
+    return {
+        "max_prob": p.max(dim=1).values,
+        "entropy": -(p * logp).sum(dim=1),
+        "off_true_mass": 1.0 - p.gather(1, labels[:, None]).squeeze(1),
+        "logit_norm": logits.norm(dim=1),
+    }
+
+
+def _nan_to_none(values: list) -> list:
+    """Replace NaN floats (also in nested lists) with None so json.dump writes strict JSON."""
+    out = []
+    for v in values:
+        if isinstance(v, list):
+            out.append(_nan_to_none(v))
+        else:
+            out.append(None if isinstance(v, float) and math.isnan(v) else v)
+    return out
+
+
+def calibration_report(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
+    """Accuracy and calibration metrics as a plain, JSON-serialisable dict.
+
+    Args:
+        logits: ``[N, K]`` (divide by a fitted temperature first for the calibrated report).
+        labels: ``[N]`` class ids.
+        n_bins: ECE bins.
+
+    Returns:
+        dict with ``n``, ``top1``, ``top5`` (None when K < 5), ``nll``, ``brier``, ``ece``,
+        ``mce``, ``mean_max_prob`` and ``reliability`` (see :func:`reliability_data`).
+    """
+    rel = reliability_data(logits, labels, n_bins)
+    k = logits.shape[1]
+    return {
+        "n": int(logits.shape[0]),
+        "top1": accuracy(logits, labels, 1),
+        "top5": accuracy(logits, labels, 5) if k >= 5 else None,
+        "nll": nll(logits, labels),
+        "brier": brier_score(logits, labels),
+        "ece": rel["ece"],
+        "mce": rel["mce"],
+        "mean_max_prob": float(logits.double().softmax(dim=1).max(dim=1).values.mean()),
+        "reliability": {key: rel[key] for key in ("bin_lower", "bin_upper", "confidence", "accuracy", "count")},
+    }
+
+
+def smoothing_report(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> dict:
+    """Logit-smoothing statistics, overall and per true class, as a JSON-serialisable dict.
+
+    Args:
+        logits: ``[N, K]``.
+        labels: ``[N]`` class ids.
+        num_classes: K (defaults to ``logits.shape[1]``).
+
+    Returns:
+        dict with ``overall`` (means of :func:`smoothing_stats` over all samples),
+        ``per_class`` (same keys, lists of length K, None for classes without samples),
+        ``class_counts`` (list of K ints), ``similarity`` and ``cosine_similarity``
+        (``[K, K]`` nested lists, see :func:`class_similarity`).
+    """
+    stats = smoothing_stats(logits, labels)
+    sim = class_similarity(logits, labels, num_classes)
+    k = sim["mean_prob"].shape[0]
+    labels = labels.long().cpu()
+    counts = torch.bincount(labels, minlength=k).double()
+    per_class = {}
+    for name, values in stats.items():
+        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, labels, values)
+        per_class[name] = _nan_to_none((sums / counts).tolist())
+    return {
+        "overall": {name: float(values.mean()) for name, values in stats.items()},
+        "per_class": per_class,
+        "class_counts": [int(c) for c in counts.tolist()],
+        "similarity": _nan_to_none(sim["mean_prob"].tolist()),
+        "cosine_similarity": _nan_to_none(sim["cosine"].tolist()),
+    }
