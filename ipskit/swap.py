@@ -134,9 +134,10 @@ def draw_swap(batch_size: int, grid: int, pr: float = 0.5,
         k = torch.full((batch_size,), min(max(round(swap_fraction * n), 1), n - 1),
                        device=draw_device)
     # 3. Which k cells: the k smallest of n uniform scores form a uniform random k-subset.
-    scores = torch.rand(batch_size, n, generator=generator, device=draw_device)  # (B, n)
-    ranks = scores.argsort(dim=1).argsort(dim=1)  # (B, n), rank of each cell's score
-    cells = (ranks < k[:, None]) & swapped[:, None]  # (B, n)
+    # One argsort, then scatter "rank < k" back to the cells (exact even when scores tie).
+    order = torch.rand(batch_size, n, generator=generator, device=draw_device).argsort(dim=1)
+    first_k = torch.arange(n, device=draw_device) < k[:, None]  # (B, n), by rank
+    cells = torch.zeros_like(first_k).scatter_(1, order, first_k) & swapped[:, None]  # (B, n)
     decision = SwapDecision(swapped, cells.view(batch_size, grid, grid), grid)
     return decision if device is None else decision.to(device)
 
@@ -156,8 +157,10 @@ def pixel_mask(decision: SwapDecision, height: int, width: int) -> Tensor:
     if g > min(height, width):
         raise ValueError(f"a grid of {g} cells per side does not fit a {height}x{width} image")
     dev = decision.cells.device
-    rows, cols = cell_index(height, g, dev), cell_index(width, g, dev)
-    return decision.cells[:, rows][:, :, cols].unsqueeze(1)  # (B, 1, H, W)
+    # Flat cell id of every pixel, then one gather: [B, g*g] -> [B, H*W].
+    cell_of_pixel = cell_index(height, g, dev)[:, None] * g + cell_index(width, g, dev)[None, :]
+    flat = decision.cells.reshape(len(decision), g * g)[:, cell_of_pixel.view(-1)]  # (B, H*W)
+    return flat.view(len(decision), 1, height, width)  # (B, 1, H, W)
 
 
 def _check_pair(x_a: Tensor, x_b: Tensor) -> None:

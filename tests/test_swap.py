@@ -1,0 +1,183 @@
+"""Tests for ipskit.swap: reference, invariants, statistics, determinism, bad input."""
+import math
+
+import pytest
+import torch
+
+from ipskit import PatchSwap, SwapDecision, apply_swap, draw_swap, patch_swap, pixel_mask
+from ipskit.swap import resolve_grid
+
+
+def reference_swap(x_a, x_b, cells):
+    """Naive per-sample, per-cell loop, written independently of ipskit: cell (i, j) covers
+    rows [round_down(i*H/g), round_down((i+1)*H/g)) -- the integer split of H into g parts."""
+    out_a, out_b = x_a.clone(), x_b.clone()
+    B, _, H, W = x_a.shape
+    g = cells.shape[1]
+    for n in range(B):
+        for i in range(g):
+            for j in range(g):
+                if cells[n, i, j]:
+                    r0, r1 = -(-i * H // g), -(-(i + 1) * H // g)  # ceil(i*H/g)
+                    c0, c1 = -(-j * W // g), -(-(j + 1) * W // g)
+                    out_a[n, :, r0:r1, c0:c1] = x_b[n, :, r0:r1, c0:c1]
+                    out_b[n, :, r0:r1, c0:c1] = x_a[n, :, r0:r1, c0:c1]
+    return out_a, out_b
+
+
+def batch(B=8, C=3, H=12, W=12, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.uint8:
+        return (torch.randint(0, 256, (B, C, H, W), generator=g, dtype=torch.uint8),
+                torch.randint(0, 256, (B, C, H, W), generator=g, dtype=torch.uint8))
+    return torch.rand(B, C, H, W, generator=g).to(dtype), torch.rand(B, C, H, W, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("H,W,grid", [(12, 12, 4), (8, 8, 8), (7, 10, 3), (32, 32, 8), (5, 9, 5),
+                                      (224, 224, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bfloat16])
+def test_matches_reference_loop(H, W, grid, dtype):
+    x_a, x_b = batch(B=6, H=H, W=W, dtype=dtype)
+    out_a, out_b, d = patch_swap(x_a, x_b, grid=grid, pr=0.7, generator=torch.Generator().manual_seed(1))
+    ref_a, ref_b = reference_swap(x_a, x_b, d.cells)
+    assert torch.equal(out_a, ref_a) and torch.equal(out_b, ref_b)
+    assert out_a.dtype == dtype
+
+
+@pytest.mark.parametrize("H,W,grid", [(7, 10, 3), (33, 31, 4), (16, 16, 3)])
+def test_every_pixel_in_exactly_one_cell_and_sizes_differ_by_one(H, W, grid):
+    d = SwapDecision(torch.ones(grid * grid, dtype=torch.bool),
+                     torch.eye(grid * grid, dtype=torch.bool).view(-1, grid, grid), grid)
+    masks = pixel_mask(d, H, W)[:, 0]  # one mask per single cell
+    assert torch.equal(masks.sum(0), torch.ones(H, W, dtype=torch.long))  # a partition, no gap
+    sizes = masks.flatten(1).sum(1)
+    heights = masks.any(dim=2).sum(1)
+    widths = masks.any(dim=1).sum(1)
+    assert heights.max() - heights.min() <= 1 and widths.max() - widths.min() <= 1
+    assert torch.equal(sizes, heights * widths)  # every cell is a rectangle
+
+
+def test_pixels_conserved_and_follow_mask():
+    x_a, x_b = batch(B=16, H=10, W=14)
+    out_a, out_b, d = patch_swap(x_a, x_b, grid=3, pr=0.5, generator=torch.Generator().manual_seed(3))
+    m = d.pixel_mask(10, 14)
+    # the pair of values at every position is the same multiset before and after
+    assert torch.equal(torch.minimum(out_a, out_b), torch.minimum(x_a, x_b))
+    assert torch.equal(torch.maximum(out_a, out_b), torch.maximum(x_a, x_b))
+    # swapped pixels come from the partner, the others stay
+    assert torch.equal(out_a, torch.where(m, x_b, x_a))
+    assert torch.equal(out_b, torch.where(m, x_a, x_b))
+    assert not torch.equal(out_a, x_a)  # pr=0.5 over 16 pairs: something moved
+
+
+def test_pr_zero_is_identity_and_pr_one_swaps_every_pair():
+    x_a, x_b = batch()
+    a, b, d = patch_swap(x_a, x_b, grid=4, pr=0.0)
+    assert torch.equal(a, x_a) and torch.equal(b, x_b) and not d.swapped.any()
+    assert d.num_swapped.sum() == 0
+    _, _, d = patch_swap(x_a, x_b, grid=4, pr=1.0)
+    assert d.swapped.all()
+
+
+def test_k_never_zero_nor_all_and_uniform():
+    g = torch.Generator().manual_seed(0)
+    d = draw_swap(60_000, grid=3, pr=1.0, generator=g)
+    k = d.num_swapped
+    assert k.min() == 1 and k.max() == 8
+    counts = torch.bincount(k, minlength=9)[1:].double()
+    expected = 60_000 / 8
+    se = math.sqrt(expected * (1 - 1 / 8))
+    assert ((counts - expected).abs() < 4 * se).all(), counts
+
+
+def test_swapped_fraction_matches_pr_and_cells_uniform():
+    g = torch.Generator().manual_seed(1)
+    n, pr = 40_000, 0.3
+    d = draw_swap(n, grid=4, pr=pr, generator=g)
+    frac = d.swapped.double().mean().item()
+    assert abs(frac - pr) < 3 * math.sqrt(pr * (1 - pr) / n)
+    # given k, every cell is equally likely: per-cell frequency among swapped pairs ~ E[k]/16
+    per_cell = d.cells[d.swapped].double().mean(0).flatten()
+    p = 8 / 16  # E[k] = 8 for k uniform in 1..15
+    m = int(d.swapped.sum())
+    assert ((per_cell - p).abs() < 4 * math.sqrt(p * (1 - p) / m)).all()
+
+
+def test_swap_fraction_option_fixes_k():
+    d = draw_swap(100, grid=4, pr=1.0, swap_fraction=0.25, generator=torch.Generator().manual_seed(0))
+    assert (d.num_swapped == 4).all()
+    d = draw_swap(10, grid=2, pr=1.0, swap_fraction=0.99)
+    assert (d.num_swapped == 3).all()  # clipped: never all cells
+
+
+def test_deterministic_for_a_generator_and_redraw_is_reapplied():
+    x_a, x_b = batch()
+    r1 = patch_swap(x_a, x_b, grid=4, generator=torch.Generator().manual_seed(7))
+    r2 = patch_swap(x_a, x_b, grid=4, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(r1[0], r2[0]) and torch.equal(r1[2].cells, r2[2].cells)
+    # a decision can be re-applied later: same output
+    a, b = apply_swap(x_a, x_b, r1[2])
+    assert torch.equal(a, r1[0]) and torch.equal(b, r1[1])
+
+
+def test_patch_size_equals_grid_and_module_form():
+    x_a, x_b = batch(H=16, W=16)
+    a1, _, d1 = patch_swap(x_a, x_b, patch_size=4, generator=torch.Generator().manual_seed(2))
+    a2, _, d2 = patch_swap(x_a, x_b, grid=4, generator=torch.Generator().manual_seed(2))
+    assert d1.grid == 4 and torch.equal(a1, a2)
+    a3, _, _ = PatchSwap(grid=4)(x_a, x_b, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a3, a2)
+    assert "grid=4" in repr(PatchSwap(grid=4))
+
+
+def test_gradients_flow_through_swap():
+    x_a, x_b = batch(B=2)
+    x_a.requires_grad_(True)
+    out_a, out_b, d = patch_swap(x_a, x_b, grid=2, pr=1.0)
+    (out_a.sum() + 2 * out_b.sum()).backward()
+    m = d.pixel_mask(12, 12).expand_as(x_a)
+    assert torch.equal(x_a.grad, torch.where(m, 2.0, 1.0))
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(grid=4, patch_size=2), ValueError, "exactly one of grid and patch_size"),
+    (dict(), ValueError, "exactly one of grid and patch_size"),
+    (dict(grid=1), ValueError, "single cell: nothing can be swapped"),
+    (dict(grid=0), ValueError, r"grid must be >= 2 .*got 0"),
+    (dict(grid=13), ValueError, r"more cells per side than the 12x12 image"),
+    (dict(grid=2.0), TypeError, "grid must be an int, got float"),
+    (dict(patch_size=5), ValueError, r"patch_size 5 does not split a 12x12 image"),
+    (dict(grid=4, pr=1.5), ValueError, r"pr .* must be a number in \[0, 1\], got 1.5"),
+    (dict(grid=4, pr=-0.1), ValueError, r"in \[0, 1\], got -0.1"),
+])
+def test_bad_settings(kwargs, err, match):
+    x_a, x_b = batch()
+    with pytest.raises(err, match=match):
+        patch_swap(x_a, x_b, **kwargs)
+
+
+def test_bad_inputs():
+    x_a, x_b = batch()
+    with pytest.raises(ValueError, match=r"same shape, got \(8, 3, 12, 12\) and \(8, 3, 12, 10\)"):
+        patch_swap(x_a, x_b[..., :10], grid=2)
+    with pytest.raises(TypeError, match="same dtype, got torch.float32 and torch.float64"):
+        patch_swap(x_a, x_b.double(), grid=2)
+    with pytest.raises(ValueError, match=r"4-D batch \[B, C, H, W\], got shape \(3, 12, 12\)"):
+        patch_swap(x_a[0], x_b[0], grid=2)
+    with pytest.raises(TypeError, match="must be tensors"):
+        patch_swap(x_a.numpy(), x_b, grid=2)
+    d = draw_swap(3, grid=2)
+    with pytest.raises(ValueError, match="decision is for 3 pairs but the batch has 8"):
+        apply_swap(x_a, x_b, d)
+    with pytest.raises(ValueError, match="grid must be an int >= 2"):
+        draw_swap(4, grid=1)
+    with pytest.raises(ValueError, match=r"swap_fraction must be in \(0, 1\)"):
+        draw_swap(4, grid=2, swap_fraction=1.0)
+    with pytest.raises(ValueError, match="exactly one of grid and patch_size"):
+        PatchSwap()
+
+
+def test_resolve_grid_accepts_non_square_with_grid():
+    assert resolve_grid(7, 10, grid=3) == 3
+    with pytest.raises(ValueError, match="does not split a 8x12 image"):
+        resolve_grid(8, 12, patch_size=4)
