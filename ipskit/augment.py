@@ -1,0 +1,132 @@
+"""Batch augmentation for small images: random crop with padding and horizontal flip, on the device.
+
+The CIFAR recipe (He et al. 2016, kept by CS-KD, PS-KD and the IPS CIFAR experiments of Choi
+et al. 2025): pad by p pixels, crop back to H x W at a random offset, and flip natural images
+left-right with probability 1/2. ipskit applies it to a whole batch at once, on the batch's
+device, with a ``torch.Generator``: no loop over images, no host-device sync. The random
+choices are drawn apart from their application (:func:`draw_augment`, :func:`apply_augment`),
+so a test or a figure can replay them.
+
+Defaults per dataset (``AugmentSpec.for_size``): ``p = max(1, round(S / 8))``, i.e. 4 px at
+32x32, 2 px at 16x16, 1 px at 8x8; flip for CIFAR and image folders, never for digits.
+
+Usage::
+
+    spec = AugmentSpec.for_size(32, flip=True)
+    x_aug = augment_batch(x_uint8, spec, generator)   # [B, C, H, W] float in [0, 1]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["AugmentParams", "AugmentSpec", "apply_augment", "augment_batch", "draw_augment", "to_float01"]
+
+_PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Training augmentation of one dataset.
+
+    crop_padding: pixels (>= 0) padded on each side before a random crop back to H x W;
+        0 disables the crop. Default rule: ``max(1, round(S / 8))`` (4 px for 32x32 CIFAR).
+    flip: random horizontal flip with probability 1/2; only for natural images.
+    padding_mode: ``"zeros"`` (the CIFAR recipe), ``"reflect"`` or ``"replicate"``.
+    """
+
+    crop_padding: int = 0
+    flip: bool = False
+    padding_mode: str = "zeros"
+
+    def __post_init__(self):
+        if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) or self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be an int >= 0, got {self.crop_padding!r}")
+        if self.padding_mode not in _PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {', '.join(_PADDING_MODES)}, got {self.padding_mode!r}")
+
+    @classmethod
+    def for_size(cls, image_size: int, flip: bool) -> "AugmentSpec":
+        """The default recipe for ``image_size`` x ``image_size`` images."""
+        return cls(crop_padding=max(1, round(image_size / 8)), flip=flip)
+
+
+@dataclass
+class AugmentParams:
+    """The random choices for one batch: crop offsets in [0, 2p] ``[B]`` and flips ``[B]`` (bool)."""
+
+    offset_y: torch.Tensor
+    offset_x: torch.Tensor
+    flip: torch.Tensor
+
+
+def to_float01(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images 0..255 -> float in [0, 1]; float images are returned as they are.
+
+    Args:
+        x: ``[..., C, H, W]`` uint8 or float.
+    """
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def draw_augment(batch_size: int, spec: AugmentSpec, generator: Optional[torch.Generator] = None,
+                 device: torch.device | str | None = None) -> AugmentParams:
+    """Draw crop offsets and flips for a batch (on the generator's device, then moved to ``device``)."""
+    gen_device = generator.device if generator is not None else device
+    hi = 2 * spec.crop_padding + 1
+    oy = torch.randint(0, hi, (batch_size,), generator=generator, device=gen_device)
+    ox = torch.randint(0, hi, (batch_size,), generator=generator, device=gen_device)
+    if spec.flip:
+        flip = torch.rand(batch_size, generator=generator, device=gen_device) < 0.5
+    else:
+        flip = torch.zeros(batch_size, dtype=torch.bool, device=gen_device)
+    return AugmentParams(oy.to(device), ox.to(device), flip.to(device))
+
+
+def apply_augment(x: torch.Tensor, params: AugmentParams, spec: AugmentSpec) -> torch.Tensor:
+    """Apply drawn crops and flips to a batch, vectorised (two gathers, no loop over the batch).
+
+    Output pixel ``(i, j)`` of image ``b`` is padded pixel ``(oy_b + i, ox_b + j)`` of the input,
+    with ``j`` mirrored (``W - 1 - j``) when ``flip_b``; offsets ``(p, p)`` leave the image intact.
+
+    Args:
+        x: ``[B, C, H, W]`` uint8 (0..255) or float in [0, 1].
+        params: from :func:`draw_augment` with the same ``B``.
+        spec: the augmentation settings.
+
+    Returns:
+        ``[B, C, H, W]`` float in [0, 1], on ``x``'s device.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"augmentation expects a batch [B, C, H, W], got shape {tuple(x.shape)}")
+    x = to_float01(x)
+    b, c, h, w = x.shape
+    p = spec.crop_padding
+    if p > 0:
+        mode = _PADDING_MODES[spec.padding_mode]
+        x = F.pad(x, (p, p, p, p), mode=mode)  # [B, C, H + 2p, W + 2p]
+    dev = x.device
+    rows = params.offset_y.to(dev)[:, None] + torch.arange(h, device=dev)  # [B, H]
+    cols = torch.arange(w, device=dev).expand(b, w)
+    cols = torch.where(params.flip.to(dev)[:, None], w - 1 - cols, cols) + params.offset_x.to(dev)[:, None]  # [B, W]
+    x = x.gather(2, rows[:, None, :, None].expand(b, c, h, x.shape[3]))  # [B, C, H, W + 2p]
+    return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))  # [B, C, H, W]
+
+
+def augment_batch(x: torch.Tensor, spec: Optional[AugmentSpec], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Randomly crop and flip a batch on its own device: :func:`draw_augment` + :func:`apply_augment`.
+
+    Args:
+        x: ``[B, C, H, W]`` uint8 or float in [0, 1], on CPU or GPU.
+        spec: augmentation settings; ``None`` only converts to float.
+        generator: source of randomness (CPU or ``x``'s device); ``None`` uses torch's global RNG.
+
+    Returns:
+        ``[B, C, H, W]`` float in [0, 1].
+    """
+    if spec is None or (spec.crop_padding == 0 and not spec.flip):
+        return to_float01(x)
+    return apply_augment(x, draw_augment(x.shape[0], spec, generator, x.device), spec)

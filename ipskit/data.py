@@ -1,0 +1,424 @@
+"""Datasets, batch augmentation and the in-memory fast path.
+
+``load_dataset(name)`` returns a :class:`DatasetBundle`: class names, channel statistics, the
+training labels (read without decoding an image, which is what the pair sampler of
+IPS, Choi et al. 2025, needs), torch Datasets for the standard DataLoader pipeline and, when
+the data fits in memory, the raw uint8 tensors for :class:`InMemoryLoader`.
+
+Datasets:
+
+- ``digits`` (default, offline): scikit-learn's 1,797 8x8 handwritten digits, pixel values
+  0..16 rescaled to 0..255, bilinearly upscaled to 16x16 by default (``image_size=8`` keeps
+  them native) so that patch grids of 2, 4 and 8 cells are all meaningful. Split: a fixed
+  stratified split, ``round(0.2 * n_c)`` test images per class ``c`` drawn with ``seed`` = 0,
+  which gives 1,438 train / 359 test images, the same on every machine.
+- ``cifar10`` / ``cifar100``: torchvision's CIFAR under ``root`` (official 50k/10k split),
+  downloaded when online; offline, put the archive or its extracted folder under ``root``.
+- ``imagefolder:PATH``: one folder per class, either ``PATH/train/<class>/`` and
+  ``PATH/val/<class>/`` (or ``PATH/test/``), or ``PATH/<class>/`` (or ``PATH/train/<class>/``
+  alone) with a seeded stratified held-out split. Images are resized (shorter side) and centre-cropped to ``image_size``
+  (default 32); they are decoded into memory when they fit in ``max_memory_bytes``.
+
+Augmentation (training only, ``bundle.augment``, see ``ipskit.augment``, re-exported here) is
+the CIFAR recipe: a random crop after padding by ``max(1, round(S / 8))`` pixels (4 px at
+32x32, 2 px at 16x16, 1 px at 8x8) and, for natural images only, a random horizontal flip;
+never a flip for digits (a mirrored 2 is not a 2). It runs on whole batches on the device.
+
+Usage::
+
+    bundle = load_dataset("digits")
+    loader = InMemoryLoader(bundle.train_x, bundle.train_y, 128, augment=bundle.augment, seed=0)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader:          # x: [B, 1, 16, 16] float in [0, 1], y: [B] int64
+            ...
+"""
+from __future__ import annotations
+
+import math
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ipskit.augment import AugmentParams, AugmentSpec, apply_augment, augment_batch, draw_augment, to_float01
+
+__all__ = ["DATASETS", "AugmentParams", "AugmentSpec", "DatasetBundle", "DatasetUnavailableError", "ImageFileDataset",
+           "InMemoryLoader", "TensorImageDataset", "apply_augment", "augment_batch", "draw_augment",
+           "load_dataset", "stratified_split", "to_float01"]
+
+DATASETS = ("digits", "cifar10", "cifar100")  # plus "imagefolder:PATH"
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A dataset's files are missing and cannot be downloaded; the message says where to put them."""
+
+
+# ------------------------------------------------------------------ torch Datasets
+class TensorImageDataset(Dataset):
+    """In-memory images for the standard DataLoader path.
+
+    Args:
+        x: ``[N, C, H, W]`` uint8; y: ``[N]`` int64; augment: applied per item with torch's
+            global RNG (a DataLoader seeds it per worker from its own ``generator``).
+    Items: ``(float [C, H, W] in [0, 1], int label)``.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, augment: Optional[AugmentSpec] = None):
+        self.x, self.targets, self.augment = x, y, augment
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return augment_batch(self.x[i:i + 1], self.augment)[0], int(self.targets[i])
+
+
+class ImageFileDataset(Dataset):
+    """Images decoded from files on each access (for image folders too large for memory).
+
+    Args:
+        paths: image files; targets: ``[N]`` int64; image_size: side S of the resized square;
+        mode: PIL mode ``"L"`` or ``"RGB"``; augment: as in :class:`TensorImageDataset`.
+    """
+
+    def __init__(self, paths: Sequence[str], targets: torch.Tensor, image_size: int, mode: str,
+                 augment: Optional[AugmentSpec] = None):
+        self.paths, self.targets, self.image_size, self.mode, self.augment = list(paths), targets, image_size, mode, augment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        x = _read_image(self.paths[i], self.image_size, self.mode)
+        return augment_batch(x[None], self.augment)[0], int(self.targets[i])
+
+
+def _read_image(path: str, size: int, mode: str) -> torch.Tensor:
+    """Decode, resize the shorter side to ``size``, centre-crop: uint8 ``[C, size, size]``."""
+    with Image.open(path) as img:
+        img = img.convert(mode)
+        w, h = img.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.BILINEAR)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    t = torch.from_numpy(arr.copy())
+    return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()  # [C, S, S]
+
+
+# ------------------------------------------------------------------ the bundle
+@dataclass
+class DatasetBundle:
+    """Everything a run needs to know about its data.
+
+    Images from ``train_dataset``/``test_dataset`` and from :class:`InMemoryLoader` are float
+    ``[C, H, W]`` in [0, 1]; ``mean``/``std`` (per channel, [0, 1] units, from the training
+    images) go into the model, which normalises inside. ``train_x``/``test_x`` (uint8
+    ``[N, C, H, W]``) and ``train_y``/``test_y`` (int64 ``[N]``) are ``None`` when the data is
+    not held in memory; ``train_targets``/``test_targets`` are always there.
+    """
+
+    name: str
+    classes: list[str]
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_targets: torch.Tensor
+    test_targets: torch.Tensor
+    train_dataset: Dataset
+    test_dataset: Dataset
+    augment: AugmentSpec
+    train_x: Optional[torch.Tensor] = None
+    train_y: Optional[torch.Tensor] = None
+    test_x: Optional[torch.Tensor] = None
+    test_y: Optional[torch.Tensor] = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes K."""
+        return len(self.classes)
+
+
+def stratified_split(labels: torch.Tensor, test_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded stratified split: ``round(test_fraction * n_c)`` test items per class, at most ``n_c - 2``.
+
+    At least two training items stay in every class so that same-class pairs exist.
+
+    Args:
+        labels: ``[N]`` int labels.
+
+    Returns:
+        ``(train_idx, test_idx)``, sorted int64 index tensors.
+    """
+    g = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_test = min(int(test_fraction * len(idx) + 0.5), max(0, len(idx) - 2))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+def _channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units of uint8 ``[N, C, H, W]``."""
+    s = torch.zeros(x.shape[1], dtype=torch.float64)
+    s2 = torch.zeros_like(s)
+    for i in range(0, len(x), chunk):
+        v = x[i:i + chunk].double()
+        s += v.sum(dim=(0, 2, 3))
+        s2 += v.square().sum(dim=(0, 2, 3))
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s / n
+    std = (s2 / n - mean.square()).clamp_min(1e-12).sqrt()
+    return tuple((mean / 255).tolist()), tuple((std / 255).tolist())
+
+
+def _resize_uint8(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Bilinear resize of ``[N, C, H, W]`` (uint8 0..255 or float in 0..255) to uint8 ``[N, C, size, size]``."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x.round().clamp(0, 255).to(torch.uint8) if x.is_floating_point() else x
+    out = []
+    for i in range(0, len(x), chunk):
+        v = F.interpolate(x[i:i + chunk].float(), size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=size < x.shape[-1])
+        out.append(v.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _bundle_in_memory(name, classes, train_x, train_y, test_x, test_y, augment) -> DatasetBundle:
+    mean, std = _channel_stats(train_x)
+    return DatasetBundle(name=name, classes=list(classes), in_channels=train_x.shape[1], image_size=train_x.shape[-1],
+                         mean=mean, std=std, train_targets=train_y, test_targets=test_y,
+                         train_dataset=TensorImageDataset(train_x, train_y, augment),
+                         test_dataset=TensorImageDataset(test_x, test_y, None), augment=augment,
+                         train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+
+
+# ------------------------------------------------------------------ loaders per dataset
+def _load_digits(image_size: int, val_fraction: float, seed: int) -> DatasetBundle:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = _resize_uint8(torch.from_numpy(d.images).float().mul(255.0 / 16.0)[:, None], image_size)  # [1797, 1, S, S]
+    y = torch.from_numpy(d.target).long()
+    tr, te = stratified_split(y, val_fraction, seed)
+    classes = [str(i) for i in range(10)]
+    return _bundle_in_memory("digits", classes, x[tr], y[tr], x[te], y[te], AugmentSpec.for_size(image_size, flip=False))
+
+
+def _load_cifar(name: str, root: Path, image_size: int, download: bool) -> DatasetBundle:
+    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets.utils import extract_archive
+
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+
+    def build(dl: bool):
+        return cls(str(root), train=True, download=dl), cls(str(root), train=False, download=dl)
+
+    try:
+        train, test = build(False)
+    except RuntimeError:  # torchvision: "Dataset not found or corrupted"
+        archive, reason = root / cls.filename, "download=False"
+        try:
+            if archive.is_file():  # the archive was put there by hand: extract it, no network needed
+                extract_archive(str(archive), str(root))
+                train, test = build(False)
+            elif download:
+                root.mkdir(parents=True, exist_ok=True)
+                train, test = build(True)
+            else:
+                raise DatasetUnavailableError
+        except (OSError, RuntimeError, EOFError, tarfile.TarError) as err:
+            if not isinstance(err, DatasetUnavailableError):
+                reason = " ".join(f"{type(err).__name__}: {err}".split())[:160]
+            raise DatasetUnavailableError(
+                f"{name} is missing or corrupted in {root}/ and could not be fetched ({reason}); put {cls.filename} "
+                f"(from {cls.url}) or its extracted folder {cls.base_folder}/ into {root}/ and run again") from None
+    tx = torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous()  # [N, 3, 32, 32]
+    vx = torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous()
+    return _bundle_in_memory(name, train.classes, _resize_uint8(tx, image_size), torch.tensor(train.targets),
+                             _resize_uint8(vx, image_size), torch.tensor(test.targets),
+                             AugmentSpec.for_size(image_size, flip=True))
+
+
+def _scan_folder(path: Path):
+    from torchvision.datasets import ImageFolder
+
+    try:
+        folder = ImageFolder(str(path), allow_empty=True)
+    except FileNotFoundError:
+        raise ValueError(f"no class folders in {path}; expected {path}/<class>/<image> files") from None
+    return folder.classes, [p for p, _ in folder.samples], torch.tensor(folder.targets, dtype=torch.long)
+
+
+def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int, max_memory_bytes: int) -> DatasetBundle:
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"imagefolder path {str(path)!r} is not a directory; give a folder of class folders "
+                         "(PATH/<class>/*.png) or one with train/ and val/ (or test/) inside")
+    held_out = next((path / s for s in ("val", "test") if (path / s).is_dir()), None)
+    two_level = (path / "train").is_dir() and held_out is not None
+    if two_level:
+        where = path / "train"
+        classes, train_paths, train_y = _scan_folder(where)
+        test_classes, test_paths, test_y = _scan_folder(held_out)
+        if test_classes != classes:
+            raise ValueError(f"class folders differ: {where} has {classes}, {held_out} has {test_classes}")
+    else:  # one level of class folders (PATH/train/ alone counts as that level)
+        where = path / "train" if (path / "train").is_dir() else path
+        classes, all_paths, train_y = _scan_folder(where)
+    if len(classes) < 2:
+        raise ValueError(f"{where} has {len(classes)} class folder ({', '.join(classes)}); classification needs at least 2")
+    counts = torch.bincount(train_y, minlength=len(classes))
+    if int(counts.min()) < 2:
+        c = int(counts.argmin())
+        raise ValueError(f"class {classes[c]!r} in {where} has {int(counts[c])} image(s); every class needs "
+                         "at least 2 training images (IPS pairs two images of the same class)")
+    if not two_level:  # hold out a seeded stratified share of every class
+        tr, te = stratified_split(train_y, val_fraction, seed)
+        train_paths, test_paths = [all_paths[i] for i in tr], [all_paths[i] for i in te]
+        train_y, test_y = train_y[tr], train_y[te]
+    if not test_paths:
+        raise ValueError(f"no held-out images for {path}: {held_out or where} leaves an empty test set; "
+                         "add images to val/ (or test/) or raise val_fraction")
+    with Image.open(train_paths[0]) as first:  # grayscale folders stay 1-channel
+        mode = "L" if first.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+    channels = 1 if mode == "L" else 3
+    augment = AugmentSpec.for_size(image_size, flip=True)
+    name = f"imagefolder:{spec}"
+    if (len(train_paths) + len(test_paths)) * channels * image_size ** 2 <= max_memory_bytes:
+        def decode(paths, desc):
+            return torch.stack([_read_image(p, image_size, mode) for p in tqdm(paths, desc=desc, leave=False)])
+        return _bundle_in_memory(name, classes, decode(train_paths, "decoding train"), train_y,
+                                 decode(test_paths, "decoding test"), test_y, augment)
+    # too big for memory: channel statistics from a seeded sample of 1,000 training images
+    pick = torch.randperm(len(train_paths), generator=torch.Generator().manual_seed(seed))[:1000]
+    mean, std = _channel_stats(torch.stack([_read_image(train_paths[i], image_size, mode) for i in pick]))
+    return DatasetBundle(name=name, classes=classes, in_channels=channels, image_size=image_size, mean=mean, std=std,
+                         train_targets=train_y, test_targets=test_y, augment=augment,
+                         train_dataset=ImageFileDataset(train_paths, train_y, image_size, mode, augment),
+                         test_dataset=ImageFileDataset(test_paths, test_y, image_size, mode, None))
+
+
+def load_dataset(name: str = "digits", root: str | Path = "data", image_size: Optional[int] = None,
+                 val_fraction: float = 0.2, seed: int = 0, download: bool = True,
+                 max_memory_bytes: int = 2 * 1024 ** 3) -> DatasetBundle:
+    """Load a dataset by name.
+
+    Args:
+        name: ``digits``, ``cifar10``, ``cifar100`` or ``imagefolder:PATH``.
+        root: folder holding downloaded datasets (CIFAR).
+        image_size: side S of the square images; default 16 for digits, 32 otherwise.
+        val_fraction: held-out fraction per class where a dataset has no official split
+            (digits, single-level image folders), in (0, 1).
+        seed: seed of that held-out split. Keep it fixed across training seeds so that every
+            run is tested on the same images.
+        download: allow downloading CIFAR when its files are missing.
+        max_memory_bytes: image folders whose decoded uint8 images fit here are held in memory.
+
+    Returns:
+        A :class:`DatasetBundle`.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"dataset name must be a str, got {type(name).__name__}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4):
+        raise ValueError(f"image_size must be an int >= 4 or None, got {image_size!r}")
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    key = name.strip()
+    low = key.lower()
+    if low == "digits":
+        return _load_digits(image_size or 16, float(val_fraction), seed)
+    if low in ("cifar10", "cifar100"):
+        return _load_cifar(low, Path(root), image_size or 32, download)
+    if low.startswith("imagefolder:") and len(key) > len("imagefolder:"):
+        return _load_imagefolder(key[len("imagefolder:"):], image_size or 32, float(val_fraction), seed, max_memory_bytes)
+    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, imagefolder:PATH")
+
+
+# ------------------------------------------------------------------ the fast path
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + 12_345) % (2 ** 62)
+
+
+class InMemoryLoader:
+    """Batches from uint8 images kept on the device, augmented there: no workers, no copies.
+
+    Args:
+        x: ``[N, C, H, W]`` uint8 images; y: ``[N]`` int labels. Both are moved to ``device``.
+        batch_size: images per batch (ignored when ``batch_sampler`` is given).
+        augment: training augmentation, ``None`` for evaluation.
+        device: where batches live (``"cpu"``, ``"cuda"``, ...).
+        seed: with the epoch, fixes the order and the augmentation.
+        shuffle, drop_last: as in ``torch.utils.data.DataLoader``.
+        batch_sampler: any iterable of index lists (e.g. ``SameClassPairSampler``, which yields
+            B anchors then B partners); it replaces the loader's own order, and its
+            ``set_epoch`` is called with the loader's epoch.
+
+    Yields ``(x [B, C, H, W] float in [0, 1], y [B] int64)``. Each ``iter()`` uses the epoch
+    set by :meth:`set_epoch` and then advances it by one, so a loop that never calls
+    ``set_epoch`` still sees a new order every epoch.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: Optional[int] = None,
+                 augment: Optional[AugmentSpec] = None, device: torch.device | str = "cpu", seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = False, batch_sampler: Optional[Iterable] = None):
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
+            raise TypeError(f"x must be a uint8 tensor [N, C, H, W], got {getattr(x, 'dtype', type(x))} "
+                            f"{tuple(getattr(x, 'shape', ()))}")
+        if y.dim() != 1 or len(y) != len(x):
+            raise ValueError(f"y must have shape [{len(x)}], got {tuple(y.shape)}")
+        if batch_sampler is None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be an int >= 1 (or give a batch_sampler), got {batch_size!r}")
+        self.device = torch.device(device)
+        self.x, self.y = x.to(self.device), y.to(self.device, torch.long)
+        self.batch_size, self.augment, self.seed = batch_size, augment, seed
+        self.shuffle, self.drop_last, self.batch_sampler = shuffle, drop_last, batch_sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the epoch used by the next ``iter()`` (and by the batch sampler)."""
+        self.epoch = epoch
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        if self.batch_sampler is not None:
+            return len(self.batch_sampler)
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _augment_generator(self, seed: int) -> torch.Generator:
+        try:
+            return torch.Generator(device=self.device).manual_seed(seed)
+        except RuntimeError:  # a device without its own generator: draw on the CPU
+            return torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        self.set_epoch(epoch)
+        self.epoch = epoch + 1
+        s = _epoch_seed(self.seed, epoch)
+        gen = self._augment_generator(s + 1)
+        if self.batch_sampler is not None:
+            batches = (torch.as_tensor(list(b), dtype=torch.long).to(self.device, non_blocking=True)
+                       for b in self.batch_sampler)
+        else:
+            n = len(self.x)
+            order = (torch.randperm(n, generator=torch.Generator().manual_seed(s)) if self.shuffle
+                     else torch.arange(n)).to(self.device)
+            stop = n - n % self.batch_size if self.drop_last else n
+            batches = (order[i:i + self.batch_size] for i in range(0, stop, self.batch_size))
+        return ((augment_batch(self.x[idx], self.augment, gen), self.y[idx]) for idx in batches)

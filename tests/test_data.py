@@ -1,0 +1,354 @@
+"""Tests for ipskit.data and ipskit.augment: datasets, augmentation, the in-memory loader."""
+import pickle
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from ipskit.data import (AugmentParams, AugmentSpec, DatasetUnavailableError, ImageFileDataset, InMemoryLoader,
+                         apply_augment, augment_batch, draw_augment, load_dataset, stratified_split)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+# ------------------------------------------------------------------ digits
+def test_digits_bundle_shapes_and_dtypes(digits):
+    b = digits
+    assert (b.name, b.num_classes, b.in_channels, b.image_size) == ("digits", 10, 1, 16)
+    assert b.classes == [str(i) for i in range(10)]
+    assert b.train_x.shape == (1438, 1, 16, 16) and b.test_x.shape == (359, 1, 16, 16)
+    assert b.train_x.dtype == torch.uint8 and b.train_y.dtype == torch.int64
+    assert torch.equal(b.train_targets, b.train_y) and torch.equal(b.test_targets, b.test_y)
+    assert int(b.train_x.max()) == 255 and int(b.train_x.min()) == 0
+    assert len(b.mean) == len(b.std) == 1 and 0.1 < b.mean[0] < 0.6 and 0.1 < b.std[0] < 0.6
+    # mean/std agree with a direct computation on the training images
+    v = b.train_x.double() / 255
+    assert b.mean[0] == pytest.approx(v.mean().item(), abs=1e-6)
+    assert b.std[0] == pytest.approx(v.std(unbiased=False).item(), abs=1e-6)
+    assert b.augment == AugmentSpec(crop_padding=2, flip=False)
+    x, y = b.test_dataset[3]
+    assert x.shape == (1, 16, 16) and x.dtype == torch.float32 and isinstance(y, int)
+    assert torch.allclose(x, b.test_x[3].float() / 255)
+
+
+def test_digits_native_size_matches_sklearn_pixels():
+    b = load_dataset("digits", image_size=8)
+    d = load_digits()
+    y = torch.from_numpy(d.target).long()
+    tr, te = stratified_split(y, 0.2, 0)
+    ref = np.round(d.images * 255 / 16).astype(np.uint8)[:, None]
+    assert np.array_equal(b.train_x.numpy(), ref[tr.numpy()])
+    assert np.array_equal(b.test_y.numpy(), d.target[te.numpy()])
+    assert b.augment.crop_padding == 1 and not b.augment.flip
+
+
+def test_digits_split_is_deterministic_stratified_and_disjoint(digits):
+    again = load_dataset("digits")
+    assert torch.equal(again.train_x, digits.train_x) and torch.equal(again.test_y, digits.test_y)
+    y = torch.from_numpy(load_digits().target).long()
+    tr, te = stratified_split(y, 0.2, 0)
+    assert len(set(tr.tolist()) & set(te.tolist())) == 0
+    assert sorted(tr.tolist() + te.tolist()) == list(range(len(y)))
+    per_class = torch.bincount(y)
+    expected = (per_class.double() * 0.2 + 0.5).floor().long()
+    assert torch.equal(torch.bincount(y[te], minlength=10), expected)
+    other = stratified_split(y, 0.2, 1)[1]
+    assert not torch.equal(other, te)
+
+
+def test_stratified_split_keeps_two_training_items_per_class():
+    y = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 2, 2])
+    tr, te = stratified_split(y, 0.9, 0)
+    assert torch.bincount(y[tr]).tolist() == [2, 2, 2]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"name": "mnist"}, r"unknown dataset 'mnist'; known datasets: digits, cifar10, cifar100, imagefolder:PATH"),
+    ({"name": "digits", "image_size": 2}, r"image_size must be an int >= 4 or None, got 2"),
+    ({"name": "digits", "val_fraction": 1.0}, r"val_fraction must be in \(0, 1\), got 1.0"),
+])
+def test_load_dataset_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        load_dataset(**kwargs)
+
+
+# ------------------------------------------------------------------ augmentation
+def _reference_augment(x, params, spec):
+    """Naive per-image loop: pad, slice, flip."""
+    out = []
+    p, (h, w) = spec.crop_padding, x.shape[-2:]
+    for i in range(len(x)):
+        img = F.pad(x[i:i + 1].float() / 255, (p, p, p, p))[0]
+        oy, ox = int(params.offset_y[i]), int(params.offset_x[i])
+        img = img[:, oy:oy + h, ox:ox + w]
+        out.append(img.flip(-1) if params.flip[i] else img)
+    return torch.stack(out)
+
+
+def test_augment_matches_per_image_reference():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 12, 12), dtype=torch.uint8, generator=g)
+    spec = AugmentSpec(crop_padding=3, flip=True)
+    params = draw_augment(64, spec, g)
+    out = apply_augment(x, params, spec)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert torch.equal(out, _reference_augment(x, params, spec))
+    # float input in [0, 1] gives the same result as uint8
+    assert torch.allclose(apply_augment(x.float() / 255, params, spec), out)
+
+
+def test_crop_shifts_content_and_centre_offset_is_identity():
+    x = torch.arange(64, dtype=torch.uint8).view(1, 1, 8, 8)
+    spec = AugmentSpec(crop_padding=2)
+    same = apply_augment(x, AugmentParams(torch.tensor([2]), torch.tensor([2]), torch.tensor([False])), spec)
+    assert torch.equal(same, x.float() / 255)
+    # offset (3, 4) = shift by (1, 2): out[i, j] = x[i + 1, j + 2], zeros past the border
+    out = apply_augment(x, AugmentParams(torch.tensor([3]), torch.tensor([4]), torch.tensor([False])), spec)[0, 0]
+    assert torch.equal(out[:7, :6], x[0, 0, 1:, 2:].float() / 255)
+    assert out[7].abs().sum() == 0 and out[:, 6:].abs().sum() == 0
+
+
+def test_no_flip_for_digits_and_flip_rate_for_natural_images(digits):
+    g = torch.Generator().manual_seed(1)
+    assert not draw_augment(4000, digits.augment, g).flip.any()
+    flips = draw_augment(4000, AugmentSpec(crop_padding=4, flip=True), g).flip.float()
+    assert abs(flips.mean().item() - 0.5) < 3 * (0.25 / 4000) ** 0.5
+    offsets = draw_augment(4000, AugmentSpec(crop_padding=2), g).offset_x
+    assert set(offsets.tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_augment_is_deterministic_with_a_generator(digits):
+    x = digits.train_x[:32]
+    a = augment_batch(x, AugmentSpec(2, True), torch.Generator().manual_seed(5))
+    b = augment_batch(x, AugmentSpec(2, True), torch.Generator().manual_seed(5))
+    c = augment_batch(x, AugmentSpec(2, True), torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(augment_batch(x, None), x.float() / 255)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+def test_other_padding_modes_match_f_pad(mode):
+    x = torch.randint(0, 256, (4, 1, 6, 6), dtype=torch.uint8)
+    spec = AugmentSpec(crop_padding=2, padding_mode=mode)
+    params = AugmentParams(torch.tensor([0, 4, 1, 2]), torch.tensor([0, 0, 3, 2]), torch.zeros(4, dtype=torch.bool))
+    padded = F.pad(x.float() / 255, (2, 2, 2, 2), mode=mode)
+    ref = torch.stack([padded[i, :, oy:oy + 6, ox:ox + 6] for i, (oy, ox) in
+                       enumerate(zip(params.offset_y.tolist(), params.offset_x.tolist()))])
+    assert torch.equal(apply_augment(x, params, spec), ref)
+
+
+def test_augment_spec_rejects_bad_values():
+    with pytest.raises(ValueError, match=r"crop_padding must be an int >= 0, got -1"):
+        AugmentSpec(crop_padding=-1)
+    with pytest.raises(ValueError, match=r"padding_mode must be one of zeros, reflect, replicate, got 'wrap'"):
+        AugmentSpec(padding_mode="wrap")
+    with pytest.raises(ValueError, match=r"expects a batch \[B, C, H, W\], got shape \(1, 8, 8\)"):
+        augment_batch(torch.zeros(1, 8, 8), AugmentSpec(1))
+
+
+# ------------------------------------------------------------------ in-memory loader
+def _index_images(n=50):
+    """Images whose pixels and labels both encode their index, to trace what a loader yields."""
+    return torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous(), torch.arange(n)
+
+
+def test_loader_covers_every_index_once_per_epoch():
+    x, y = _index_images()
+    loader = InMemoryLoader(x, y, 8, seed=0)
+    assert len(loader) == 7
+    seen = []
+    for xb, yb in loader:
+        assert torch.equal(xb[:, 0, 0, 0], yb.float() / 255)  # images follow their labels
+        seen += yb.tolist()
+    assert sorted(seen) == list(range(50)) and seen != list(range(50))
+    dropped = InMemoryLoader(x, y, 8, drop_last=True)
+    assert len(dropped) == 6 and sum(len(b) for _, b in dropped) == 48
+
+
+def test_loader_is_deterministic_from_seed_and_epoch(digits):
+    def epoch_batches(loader, epoch=None):
+        if epoch is not None:
+            loader.set_epoch(epoch)
+        return [(xb.clone(), yb.clone()) for xb, yb in loader]
+
+    a = InMemoryLoader(digits.train_x, digits.train_y, 256, digits.augment, seed=3)
+    b = InMemoryLoader(digits.train_x, digits.train_y, 256, digits.augment, seed=3)
+    e0, e0_again = epoch_batches(a, 0), epoch_batches(b, 0)
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(e0, e0_again))
+    e1 = epoch_batches(a)  # no set_epoch: the loader moved on to epoch 1 by itself
+    assert not torch.equal(e1[0][1], e0[0][1])
+    assert torch.equal(epoch_batches(b, 1)[0][0], e1[0][0])
+    c = InMemoryLoader(digits.train_x, digits.train_y, 256, digits.augment, seed=4)
+    assert not torch.equal(epoch_batches(c, 0)[0][1], e0[0][1])
+
+
+class _RecordingSampler:
+    def __init__(self, batches):
+        self.batches, self.epochs = batches, []
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def test_loader_uses_batch_sampler_and_passes_epoch_on():
+    x, y = _index_images()
+    sampler = _RecordingSampler([[3, 4, 5, 9, 8, 7], [0, 1, 1, 0]])
+    loader = InMemoryLoader(x, y, augment=AugmentSpec(1), batch_sampler=sampler)
+    loader.set_epoch(5)
+    got = [yb.tolist() for _, yb in loader]
+    assert got == sampler.batches and len(loader) == 2 and sampler.epochs[-1] == 5
+
+
+def test_loader_with_pair_sampler_yields_same_class_halves(digits):
+    from ipskit.pairs import SameClassPairSampler
+
+    sampler = SameClassPairSampler(digits.train_y, 32, seed=0, drop_last=True)
+    loader = InMemoryLoader(digits.train_x, digits.train_y, None, digits.augment, batch_sampler=sampler)
+    xb, yb = next(iter(loader))
+    assert xb.shape == (64, 1, 16, 16) and torch.equal(yb[:32], yb[32:])
+
+
+def test_standard_dataloader_pipeline_matches_fast_path_format(digits):
+    from ipskit.pairs import SameClassPairSampler
+
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(digits.train_dataset, batch_sampler=SameClassPairSampler(
+        digits.train_targets, 16, seed=0))
+    xb, yb = next(iter(loader))
+    assert xb.shape == (32, 1, 16, 16) and xb.dtype == torch.float32 and yb.dtype == torch.int64
+    assert float(xb.min()) >= 0 and float(xb.max()) <= 1 and torch.equal(yb[:16], yb[16:])
+
+
+def test_loader_rejects_bad_input():
+    with pytest.raises(TypeError, match=r"x must be a uint8 tensor \[N, C, H, W\], got torch.float32"):
+        InMemoryLoader(torch.zeros(4, 1, 4, 4), torch.zeros(4), 2)
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1 \(or give a batch_sampler\), got 0"):
+        InMemoryLoader(torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.zeros(4), 0)
+
+
+# ------------------------------------------------------------------ image folders
+def _write_tree(root, counts, size=(12, 10), mode="RGB"):
+    """One folder per class; class k's images are filled with grey/colour level 40 * k + i."""
+    for k, (name, n) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            level = 40 * k + i
+            fill = level if mode == "L" else (level, 255 - level, 7)
+            Image.new(mode, size, fill).save(root / name / f"img{i}.png")
+
+
+def test_imagefolder_single_level_split(tmp_path):
+    _write_tree(tmp_path, {"cat": 5, "dog": 10})
+    b = load_dataset(f"imagefolder:{tmp_path}", image_size=8)
+    assert b.classes == ["cat", "dog"] and b.in_channels == 3 and b.image_size == 8
+    assert b.train_x.shape == (12, 3, 8, 8) and b.test_x.shape == (3, 3, 8, 8)
+    assert torch.bincount(b.test_y).tolist() == [1, 2]
+    assert b.augment.flip and b.augment.crop_padding == 1
+    # each decoded image is its flat fill colour: class 1, red channel = 40 + i
+    assert torch.equal(b.train_x[b.train_y == 1][:, 0].amin(dim=(1, 2)), b.train_x[b.train_y == 1][:, 0].amax(dim=(1, 2)))
+    assert set(b.train_x[b.train_y == 0][:, 0, 0, 0].tolist()) <= set(range(5))
+    assert load_dataset(f"imagefolder:{tmp_path}", image_size=8).test_y.tolist() == b.test_y.tolist()
+
+
+def test_imagefolder_train_val_layout_and_grayscale(tmp_path):
+    _write_tree(tmp_path / "train", {"a": 3, "b": 2}, mode="L")
+    _write_tree(tmp_path / "val", {"a": 1, "b": 0}, mode="L")
+    b = load_dataset(f"imagefolder:{tmp_path}", image_size=6)
+    assert b.in_channels == 1 and b.train_x.shape == (5, 1, 6, 6) and b.test_x.shape == (1, 1, 6, 6)
+    assert b.train_y.tolist() == [0, 0, 0, 1, 1] and b.test_y.tolist() == [0]
+
+
+def test_imagefolder_train_folder_alone_is_split(tmp_path):
+    _write_tree(tmp_path / "train", {"a": 5, "b": 5})
+    b = load_dataset(f"imagefolder:{tmp_path}", image_size=4)
+    assert b.classes == ["a", "b"] and len(b.train_y) == 8 and len(b.test_y) == 2
+
+
+def test_imagefolder_too_big_for_memory_decodes_lazily(tmp_path):
+    _write_tree(tmp_path, {"cat": 4, "dog": 4}, size=(20, 10))
+    eager = load_dataset(f"imagefolder:{tmp_path}", image_size=8)
+    lazy = load_dataset(f"imagefolder:{tmp_path}", image_size=8, max_memory_bytes=0)
+    assert lazy.train_x is None and lazy.train_y is None and isinstance(lazy.train_dataset, ImageFileDataset)
+    assert torch.equal(lazy.train_targets, eager.train_targets)
+    x, y = lazy.test_dataset[0]
+    assert torch.equal(x, eager.test_x[0].float() / 255) and y == int(eager.test_y[0])
+    assert lazy.mean == pytest.approx(eager.mean)
+
+
+@pytest.mark.parametrize("counts, match", [
+    ({"cat": 3}, r"has 1 class folder \(cat\); classification needs at least 2"),
+    ({"cat": 3, "dog": 1}, r"class 'dog' in .* has 1 image\(s\); every class needs at least 2 training images"),
+    ({}, r"no class folders in .*"),
+])
+def test_imagefolder_bad_trees(tmp_path, counts, match):
+    _write_tree(tmp_path, counts)
+    with pytest.raises(ValueError, match=match):
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_imagefolder_missing_path_and_class_mismatch(tmp_path):
+    with pytest.raises(ValueError, match=r"imagefolder path '.*nowhere' is not a directory"):
+        load_dataset(f"imagefolder:{tmp_path / 'nowhere'}")
+    _write_tree(tmp_path / "train", {"a": 2, "b": 2})
+    _write_tree(tmp_path / "val", {"a": 0, "b": 0})
+    with pytest.raises(ValueError, match=r"no held-out images for .*: .*val leaves an empty test set"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    (tmp_path / "val").rename(tmp_path / "old")
+    _write_tree(tmp_path / "test", {"a": 1, "c": 1})
+    with pytest.raises(ValueError, match=r"class folders differ: .*train has \['a', 'b'\], .*test has \['a', 'c'\]"):
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+# ------------------------------------------------------------------ CIFAR
+def test_cifar_offline_gives_one_clear_line(tmp_path, monkeypatch):
+    def no_network(self):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", no_network)
+    with pytest.raises(DatasetUnavailableError, match=r"cifar10 is missing or corrupted in .* \(URLError: .*name resolution.*\); "
+                       r"put cifar-10-python.tar.gz \(from https://.*\) or its extracted folder "
+                       r"cifar-10-batches-py/ into .* and run again") as err:
+        load_dataset("cifar10", root=tmp_path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DatasetUnavailableError, match=r"cifar100 .*\(download=False\); put cifar-100-python.tar.gz"):
+        load_dataset("cifar100", root=tmp_path, download=False)
+
+
+def test_cifar_from_extracted_folder(tmp_path, monkeypatch):
+    # a miniature cifar-10-batches-py in torchvision's pickle format (md5 check bypassed)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args: True)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for k, name in enumerate(names):
+        data = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": [0, 1, 0, 1] if k < 5 else [1, 0, 1, 0]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile"]}, f)
+    b = load_dataset("cifar10", root=tmp_path, download=False)
+    assert b.classes == ["airplane", "automobile"] and b.in_channels == 3 and b.image_size == 32
+    assert b.train_x.shape == (20, 3, 32, 32) and b.test_y.tolist() == [1, 0, 1, 0]
+    with open(folder / "data_batch_1", "rb") as f:
+        first = pickle.load(f)["data"][0].reshape(3, 32, 32)
+    assert np.array_equal(b.train_x[0].numpy(), first)  # channels first, not scrambled
+    assert b.augment == AugmentSpec(crop_padding=4, flip=True)
+    small = load_dataset("cifar10", root=tmp_path, image_size=16, download=False)
+    assert small.train_x.shape == (20, 3, 16, 16) and small.augment.crop_padding == 2
