@@ -99,6 +99,8 @@ def predict(
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be an image tensor [N, C, H, W], got {shape}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"x must be float images in [0, 1], got dtype {x.dtype} (divide uint8 images by 255)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = model.training
@@ -340,7 +342,15 @@ def calibration_report(logits: torch.Tensor, labels: torch.Tensor, n_bins: int =
     }
 
 
-def smoothing_report(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> dict:
+def _histogram(values: torch.Tensor, lo: float, hi: float, bins: int) -> dict:
+    counts = torch.histc(values.double().clamp(lo, hi), bins=bins, min=lo, max=hi)
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+    return {"edges": edges.tolist(), "counts": [int(c) for c in counts.tolist()]}
+
+
+def smoothing_report(
+    logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None, bins: int = 20
+) -> dict:
     """Logit-smoothing statistics, overall and per true class, as a JSON-serialisable dict.
 
     Args:
@@ -352,7 +362,9 @@ def smoothing_report(logits: torch.Tensor, labels: torch.Tensor, num_classes: in
         dict with ``overall`` (means of :func:`smoothing_stats` over all samples),
         ``per_class`` (same keys, lists of length K, None for classes without samples),
         ``class_counts`` (list of K ints), ``similarity`` and ``cosine_similarity``
-        (``[K, K]`` nested lists, see :func:`class_similarity`).
+        (``[K, K]`` nested lists, see :func:`class_similarity`), and ``histograms``
+        (``max_prob`` over [1/K, 1] and ``entropy`` over [0, ln K], each ``{"edges", "counts"}``
+        with ``bins`` bins) so distributions can be plotted without the logits.
     """
     stats = smoothing_stats(logits, labels)
     sim = class_similarity(logits, labels, num_classes)
@@ -369,4 +381,8 @@ def smoothing_report(logits: torch.Tensor, labels: torch.Tensor, num_classes: in
         "class_counts": [int(c) for c in counts.tolist()],
         "similarity": _nan_to_none(sim["mean_prob"].tolist()),
         "cosine_similarity": _nan_to_none(sim["cosine"].tolist()),
+        "histograms": {
+            "max_prob": _histogram(stats["max_prob"], 1.0 / k, 1.0, bins),
+            "entropy": _histogram(stats["entropy"], 0.0, math.log(k), bins),
+        },
     }
