@@ -1,0 +1,447 @@
+"""UI helpers shared by the explorer's pages: page setup, cached loaders, run picker, errors.
+
+The explorer (``streamlit run app/Home.py``) shows Intra-class Patch Swap (Choi et al.,
+"Intra-class Patch Swap for Self-Distillation", arXiv 2505.14124) on trained runs. It is only
+UI (STYLE.md rule 12): every number and figure comes from a call into ``ipskit``. This module
+holds the glue every page needs, following Streamlit's caching split: a model is a resource
+(``st.cache_resource``, one shared object per checkpoint), data and results are values
+(``st.cache_data``, keyed by the files' modification times so a retrained run is picked up).
+
+Usage in a page::
+
+    import common
+    common.page("Runs")                       # page config + title
+    runs = common.require_runs()              # stops the page with the demo offer when empty
+    run = common.pick_run("Run", runs, key="runs_pick")
+    model, config = common.load_model(run["path"])   # raises ValueError on a bad checkpoint
+
+The runs folder is ``$IPSKIT_RUNS`` (default ``runs``, relative to the working directory).
+"""
+from __future__ import annotations
+
+import io
+import os
+import threading
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import streamlit as st
+import torch
+
+from ipskit import runs as ipsruns
+
+RUNS_ENV = "IPSKIT_RUNS"
+DATA_ENV = "IPSKIT_DATA"
+MAX_UPLOAD_MB = 5  # uploads above this are refused: the models take 8-32 pixel images anyway
+MAX_UPLOAD_SIDE = 4096  # pixels; refuses decompression bombs before decoding
+MAX_EVAL_SAMPLES = 2000  # test images per run the pages predict on (keeps CIFAR pages quick)
+# Models are cached once per process and shared by every session; Grad-CAM hangs hooks on
+# them, so every forward pass in the app takes this lock (one at a time).
+MODEL_LOCK = threading.Lock()
+# One demo training per server process, whichever tab asked for it.
+DEMO_LOCK = threading.Lock()
+
+
+# ------------------------------------------------------------------------------------ pages
+def page(title: str, icon: str = "🔀", intro: str | None = None) -> None:
+    """Set the page config (browser title ``"<title> · ipskit"``, wide layout) and draw the title."""
+    st.set_page_config(page_title=f"{title} · ipskit", page_icon=icon, layout="wide")
+    st.title(title)
+    if intro:
+        st.caption(intro)
+
+
+def guard(body: Callable[[], None]) -> None:
+    """Run a page body; an unexpected exception becomes one ``st.error`` line, not a traceback.
+
+    Streamlit's own control flow (``st.stop``, ``st.rerun``, ``st.switch_page``) derives from
+    BaseException and passes through untouched.
+    """
+    try:
+        body()
+    except Exception as e:  # last resort: expected bad input is handled where it happens
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        st.error(f"This page hit an unexpected problem: {one_line(e)} "
+                 f"({type(e).__name__} at {Path(where.filename).name}:{where.lineno}). "
+                 f"The other pages keep working.")
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(e).strip()
+    if isinstance(e, KeyError) and text.startswith("'"):
+        text = f"missing key {text}"
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+# ------------------------------------------------------------------------------------ runs
+def runs_root() -> Path:
+    """The folder holding run folders: ``$IPSKIT_RUNS`` or ``runs``."""
+    return Path(os.environ.get(RUNS_ENV) or "runs")
+
+
+def data_root() -> str:
+    """Where datasets are looked for: ``$IPSKIT_DATA`` or ``data``."""
+    return os.environ.get(DATA_ENV) or "data"
+
+
+def _stamp(root: Path, pattern: str) -> tuple:
+    """(path, mtime_ns, size) of matching files under ``root``: a cheap cache key that changes
+    whenever a run is written, finished, evaluated or deleted."""
+    if not root.is_dir():
+        return ()
+    out = []
+    for p in root.rglob(pattern):
+        try:
+            st_ = p.stat()
+        except OSError:
+            continue
+        out.append((str(p), st_.st_mtime_ns, st_.st_size))
+    return tuple(sorted(out))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _list_runs(root: str, stamp: tuple) -> list[dict]:
+    return ipsruns.list_runs(root)
+
+
+def list_runs() -> list[dict]:
+    """Every run under the runs folder (``ipskit.runs.list_runs`` rows), cached until a file
+    changes."""
+    root = runs_root()
+    return _list_runs(str(root), _stamp(root, "*.json*"))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _load_run(path: str, stamp: tuple) -> dict:
+    return ipsruns.load_run(path)
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """``ipskit.runs.load_run`` (config, metrics, summary, eval, env), cached until a file
+    changes. Raises FileNotFoundError/ValueError with one line for a broken run folder."""
+    return _load_run(str(run_dir), _stamp(Path(run_dir), "*.json*"))
+
+
+def file_stamp(path: str | Path) -> int:
+    """Modification time of a file in ns (0 when missing): part of a cache key."""
+    try:
+        return Path(path).stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def resolve_run_dir(path: str) -> Path:
+    """A user-given run folder, resolved and checked to lie inside the runs folder.
+
+    Args:
+        path: absolute, relative to the runs folder (``demo/ips``) or to the working directory.
+    Returns:
+        The resolved folder.
+    Raises:
+        ValueError: empty, outside the runs folder, or not an ipskit run folder.
+    """
+    text = str(path).strip()
+    if not text:
+        raise ValueError("no run folder given; type a folder under the runs folder")
+    root = runs_root().resolve()
+    p = Path(text).expanduser()
+    if not p.is_absolute():
+        p = runs_root() / p if (runs_root() / p).exists() else Path.cwd() / p
+    p = p.resolve()
+    if p != root and root not in p.parents:
+        raise ValueError(f"{text} is outside the runs folder {root}: the explorer only opens "
+                         f"runs under it (set {RUNS_ENV} to use another folder)")
+    if not (p / ipsruns.CONFIG).is_file():
+        raise ValueError(f"{text} is not an ipskit run folder (no {ipsruns.CONFIG} in it)")
+    return p
+
+
+def run_label(run: dict) -> str:
+    """One line naming a run for pickers: name, method, model, dataset and last accuracy."""
+    acc = run.get("test_acc")
+    acc_s = f"acc {acc:.3f}" if isinstance(acc, (int, float)) else run.get("status", "")
+    cfg = run.get("config") or {}
+    extra = f", grid {cfg.get('grid')}, pr {cfg.get('pr')}" if "ips" in str(run.get("method")) else ""
+    return f"{run['name']} · {run.get('method')}{extra} · {run.get('model')} · {acc_s}"
+
+
+def pick_run(label: str, runs: list[dict], key: str, index: int = 0,
+             allow_none: str | None = None, help: str | None = None) -> dict | None:
+    """A selectbox of runs; returns the chosen run's row (None for the ``allow_none`` entry)."""
+    names = ([""] if allow_none else []) + [r["name"] for r in runs]
+    by_name = {r["name"]: r for r in runs}
+    choice = st.selectbox(label, names, index=min(index, len(names) - 1) if names else None,
+                          key=key, help=help,
+                          format_func=lambda n: allow_none if n == "" else run_label(by_name[n]))
+    return by_name.get(choice) if choice else None
+
+
+def default_pair(runs: list[dict]) -> tuple[int, int]:
+    """Indices of a CE run and an IPS run to compare by default (the first two otherwise)."""
+    methods = [r.get("method") for r in runs]
+    a = methods.index("ce") if "ce" in methods else 0
+    b = methods.index("ips") if "ips" in methods else min(1, len(runs) - 1)
+    return a, b
+
+
+def require_runs() -> list[dict]:
+    """The runs on disk; with none, explain and offer to train the demo runs, then stop."""
+    runs = list_runs()
+    if not runs:
+        offer_demo()
+        st.stop()
+    return runs
+
+
+def offer_demo() -> None:
+    """Say that no runs exist and offer a button training the demo runs on the CPU."""
+    root = runs_root()
+    st.info(f"No runs found under `{root}`. Train the two demo runs (cross-entropy and IPS "
+            f"on the built-in digits data, about a minute on a CPU) with the button below, or "
+            f"run `ipskit demo` in a terminal.")
+    if st.button("Train the demo runs", type="primary", key="train_demo"):
+        try:
+            train_demo(root / "demo")
+        except Exception as e:
+            st.error(f"Training the demo runs failed: {one_line(e)}")
+            return
+        st.success("Demo runs trained.")
+        st.rerun()
+
+
+def train_demo(out: Path) -> None:
+    """Train the demo runs (``ipskit.sweep.run_demo``) with a progress bar per epoch.
+
+    The training runs in a worker thread while this script thread polls the epochs written to
+    each run's metrics.jsonl: Streamlit elements can only be updated from the script thread.
+    """
+    from ipskit import sweep
+
+    methods, epochs = ("ce", "ips"), int(sweep.DEMO_SETTINGS.get("epochs", 1))
+    total = len(methods) * epochs
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            result["summaries"] = sweep.run_demo(out=str(out), progress=False)
+        except Exception as e:  # re-raised in the script thread below
+            result["error"] = e
+        finally:
+            DEMO_LOCK.release()
+
+    if not DEMO_LOCK.acquire(blocking=False):
+        raise RuntimeError("the demo runs are already being trained (another tab asked first); "
+                           "reload this page in a minute")
+    worker = threading.Thread(target=work, name="ipskit-demo", daemon=True)
+    worker.start()  # it keeps going if this page is left: the runs still get written
+    bar = st.progress(0.0, text="Starting…")
+    while worker.is_alive():
+        done = sum(_count_lines(out / m / ipsruns.METRICS) for m in methods)
+        bar.progress(min(done / total, 1.0), text=f"Training the demo runs: epoch {done} of {total}")
+        worker.join(0.5)
+    if "error" in result:
+        raise result["error"]
+    bar.progress(1.0, text=f"Trained {total} epochs")
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        return sum(1 for line in path.read_text().splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
+# ------------------------------------------------------------------------------------ models
+@st.cache_resource(show_spinner="Loading the model…", max_entries=8)
+def _load_model(path: str, stamp: int):
+    return ipsruns.load_model(path, "cpu")
+
+
+def load_model(run_dir: str | Path):
+    """(Classifier in eval mode, config dict) of a run, shared across sessions.
+
+    Raises:
+        FileNotFoundError or ValueError with one line (missing, corrupt or foreign checkpoint).
+    """
+    return _load_model(str(run_dir), file_stamp(Path(run_dir) / ipsruns.CHECKPOINT))
+
+
+# ------------------------------------------------------------------------------------ data
+@st.cache_data(show_spinner="Loading the data…", max_entries=6)
+def test_split(dataset: str, image_size: int | None, root: str) -> dict:
+    """The test split of a dataset as numpy arrays.
+
+    Returns:
+        dict: ``x`` uint8 [N, C, H, W], ``y`` int64 [N], ``classes`` list of names.
+    """
+    from ipskit.data import load_dataset
+
+    bundle = load_dataset(dataset, root=root, image_size=image_size, download=False)
+    if bundle.test_x is None:
+        raise ValueError(f"{dataset} is too large to hold in memory; the explorer needs its "
+                         f"test images as one array")
+    return {"x": np.asarray(bundle.test_x), "y": np.asarray(bundle.test_y).astype(np.int64),
+            "classes": [str(c) for c in bundle.classes]}
+
+
+def run_test_split(config: dict) -> dict:
+    """The test split a run was evaluated on (its dataset at its image size)."""
+    return test_split(config["dataset"], config.get("image_size"), config.get("data_root") or data_root())
+
+
+def to_float(x_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 images [B, C, H, W] -> float tensor in [0, 1], what the models take."""
+    return torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div_(255.0)
+
+
+@st.cache_data(show_spinner="Running the model on the test images…", max_entries=32)
+def _test_logits(path: str, stamp: int, max_samples: int) -> dict:
+    from ipskit.metrics import predict
+
+    model, config = load_model(path)
+    data = run_test_split(config)
+    n = min(max_samples, len(data["y"]))
+    with MODEL_LOCK:
+        logits = predict(model, to_float(data["x"][:n]), batch_size=256)
+    return {"logits": logits.numpy(), "labels": data["y"][:n], "classes": data["classes"]}
+
+
+def test_logits(run_dir: str | Path, max_samples: int = MAX_EVAL_SAMPLES) -> dict:
+    """A run's logits on (the first ``max_samples``) test images, cached per checkpoint.
+
+    Returns:
+        dict: ``logits`` float32 [N, K], ``labels`` int64 [N], ``classes``.
+    """
+    return _test_logits(str(run_dir), file_stamp(Path(run_dir) / ipsruns.CHECKPOINT),
+                        int(max_samples))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _reports(path: str, stamp: int, max_samples: int) -> dict:
+    from ipskit.metrics import calibration_report, smoothing_report
+
+    out = test_logits(path, max_samples)
+    logits, labels = torch.from_numpy(out["logits"]), torch.from_numpy(out["labels"])
+    return {"calibration": calibration_report(logits, labels),
+            "smoothing": smoothing_report(logits, labels)}
+
+
+def reports(run_dir: str | Path, max_samples: int = MAX_EVAL_SAMPLES) -> dict:
+    """``ipskit.metrics.calibration_report`` and ``smoothing_report`` of a run on its test
+    images, cached per checkpoint: dict with keys ``calibration`` and ``smoothing``."""
+    return _reports(str(run_dir), file_stamp(Path(run_dir) / ipsruns.CHECKPOINT), int(max_samples))
+
+
+@st.cache_data(show_spinner="Computing Grad-CAM…", max_entries=64)
+def _cams(path: str, stamp: int, layer: str, x01: np.ndarray, targets: tuple | None) -> np.ndarray:
+    from ipskit.cam import gradcam
+
+    model, _ = load_model(path)
+    with MODEL_LOCK:  # hooks on a model other sessions share
+        maps = gradcam(model, torch.from_numpy(x01), targets=None if targets is None else list(targets),
+                       layer=model.get_layer(layer))
+    return maps.numpy()
+
+
+def cams(run_dir: str | Path, layer: str, x01: torch.Tensor, targets=None) -> np.ndarray:
+    """``ipskit.cam.gradcam`` maps of a run's model, cached per (checkpoint, layer, images).
+
+    Args:
+        layer: a name from ``model.cam_layer_names()``.
+        x01: images [B, C, H, W] in [0, 1]; targets: class ids [B] or None (top-1 class).
+    Returns:
+        float32 [B, H, W] in [0, 1].
+    """
+    t = None if targets is None else tuple(int(v) for v in targets)
+    return _cams(str(run_dir), file_stamp(Path(run_dir) / ipsruns.CHECKPOINT), layer,
+                 np.ascontiguousarray(x01.detach().float().cpu().numpy()), t)
+
+
+def default_layer(model) -> str:
+    """Name of a model's default Grad-CAM layer (``model.cam_layer``)."""
+    return next(n for n, m in model.named_modules() if m is model.cam_layer)
+
+
+# ------------------------------------------------------------------------------------ uploads
+def read_upload(data: bytes, in_channels: int, size: int, invert: bool = False) -> torch.Tensor:
+    """An uploaded image file as a model input.
+
+    Args:
+        data: the file's bytes (PNG, JPEG, BMP, GIF, WebP ...).
+        in_channels: 1 (greyscale) or 3 (RGB), the model's input channels.
+        size: side in pixels the model was trained at (the image is resized to size x size).
+        invert: 1 - x, for dark ink on light paper when the model saw light ink on dark.
+    Returns:
+        float tensor [1, C, size, size] in [0, 1].
+    Raises:
+        ValueError: too large, or not an image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
+        raise ValueError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB")
+    try:
+        img = Image.open(io.BytesIO(data))  # reads the header only
+        w, h = img.size
+        if max(w, h) > MAX_UPLOAD_SIDE:
+            raise ValueError(f"the image is {w}x{h} pixels; the limit is {MAX_UPLOAD_SIDE} "
+                             f"pixels a side")
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError):
+        raise ValueError("the file is not an image that can be read (PNG, JPEG, BMP, GIF or "
+                         "WebP are accepted)") from None
+    img = img.convert("L" if in_channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+    x = np.asarray(img, dtype=np.float32) / 255.0
+    x = x[None] if in_channels == 1 else x.transpose(2, 0, 1)  # [C, H, W]
+    if invert:
+        x = 1.0 - x
+    return torch.from_numpy(np.ascontiguousarray(x))[None]  # [1, C, size, size]
+
+
+# ------------------------------------------------------------------------------------ display
+def to_rgb(x01: torch.Tensor) -> np.ndarray:
+    """An image [C, H, W] in [0, 1] (C = 1 or 3) as uint8 RGB [H, W, 3] for ``st.image``."""
+    x = torch.as_tensor(x01).detach().float().cpu().clamp(0, 1)
+    return (x.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def upscale(img: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of an [H, W] or [H, W, 3] image: 16-pixel images stay crisp
+    in the browser, which would otherwise smooth them."""
+    scale = max(int(scale), 1)
+    return np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+
+
+def outline_cells(rgb: np.ndarray, cells: np.ndarray, scale: int,
+                  color: tuple = (255, 230, 0), thickness: int = 2) -> np.ndarray:
+    """Draw the border of every True cell of a g x g mask on an upscaled image.
+
+    Args:
+        rgb: uint8 [H * scale, W * scale, 3], from :func:`upscale`.
+        cells: bool [g, g], e.g. ``SwapDecision.cells[i]``.
+        scale: the upscaling factor used.
+    Returns:
+        A copy of ``rgb`` with the outlines drawn.
+    """
+    from ipskit.swap import cell_index
+
+    out = rgb.copy()
+    g = cells.shape[0]
+    h, w = rgb.shape[0] // scale, rgb.shape[1] // scale
+    rows, cols = cell_index(h, g).numpy(), cell_index(w, g).numpy()
+    t = thickness
+    for r, c in np.argwhere(cells):
+        rr, cc = np.flatnonzero(rows == r), np.flatnonzero(cols == c)
+        y0, y1, x0, x1 = rr[0] * scale, (rr[-1] + 1) * scale, cc[0] * scale, (cc[-1] + 1) * scale
+        out[y0:y0 + t, x0:x1] = out[y1 - t:y1, x0:x1] = color
+        out[y0:y1, x0:x0 + t] = out[y0:y1, x1 - t:x1] = color
+    return out
+
+
+def with_gap(rgb: np.ndarray, px: int = 8) -> np.ndarray:
+    """White margin on the right of an [H, W, 3] image: ``st.image`` lists draw images edge to
+    edge, and two swapped digits side by side would read as one picture."""
+    return np.pad(rgb, ((0, 0), (0, px), (0, 0)), constant_values=255)

@@ -1,0 +1,233 @@
+"""The explorer in a real browser: a live ``streamlit run`` server and headless Chromium.
+
+Starts ``streamlit run app/Home.py --server.headless true`` on a free localhost port against a
+folder of tiny trained runs (tests/_app_runs.py), waits for ``/_stcore/health``, then loads
+every page in headless Chromium and checks that it rendered: the page title, its main content,
+no "Traceback", no "Error", no exception or error box. Screenshots go to
+``test-artifacts/screenshots/`` (gitignored) for a human to look at.
+
+Chromium is driven over the DevTools protocol (``--remote-debugging-port``, with the
+``websockets`` client Streamlit itself depends on) rather than with ``--screenshot`` /
+``--dump-dom``: those return after a virtual-time budget, which Streamlit's websocket-driven
+rendering does not advance, so a cold page came back blank or half drawn. Here each page is
+polled until Streamlit reports its script finished and every image has loaded.
+
+Without Chromium the test is skipped, unless ``IPSKIT_REQUIRE_BROWSER=1`` (CI) makes that a
+failure. Install it with ``make browser`` (Debian's ``chromium`` package).
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from _app_runs import tiny_runs
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+SHOTS = REPO / "test-artifacts" / "screenshots"
+# url path -> (page title, text the rendered page must contain)
+PAGES = {
+    "": ("IPS explorer", "run(s) under"),
+    "Swap_playground": ("Swap playground", "swapped cells"),
+    "Logit_smoothing": ("Logit smoothing", "mean max-probability"),
+    "Grad-CAM": ("Grad-CAM", "Grad-CAM layer"),
+    "Ablation": ("Ablation", "Runs behind a cell"),
+    "Runs": ("Runs", "Curves"),
+}
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1400,1000"]
+PAGE_TIMEOUT = 120  # s; a cold page imports torch and trains nothing, but CI machines are slow
+STATE_JS = """(() => {
+  const app = document.querySelector('[data-test-script-state]');
+  const h1 = document.querySelector('h1');
+  return {state: app ? app.getAttribute('data-test-script-state') : null,
+          title: document.title, h1: h1 ? h1.innerText.trim() : null,
+          busy: document.querySelectorAll('[data-testid="stSpinner"], [data-testid="stSkeleton"]').length,
+          images: Array.from(document.images).every(i => i.complete),
+          errors: document.querySelectorAll('[data-testid="stException"], [data-testid="stAlertContentError"]').length,
+          height: Math.max(...Array.from(document.querySelectorAll('[data-testid="stMain"], [data-testid="stSidebarContent"]'))
+                           .map(e => e.scrollHeight), 0),
+          text: document.body ? document.body.innerText : ''};
+})()"""
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = find_chromium()
+    if path is None:
+        reason = ("chromium not found: the browser test needs headless Chromium (`make browser`, "
+                  "or apt-get install chromium)")
+        if os.environ.get("IPSKIT_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason + "; IPSKIT_REQUIRE_BROWSER=1 makes this a failure")
+        pytest.skip(reason)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, chromium):
+    """A live explorer on localhost reading the tiny runs; yields its base URL."""
+    root = tiny_runs(tmp_path_factory)
+    port = free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    env = {**os.environ, "IPSKIT_RUNS": str(root), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "Home.py"),
+             "--server.headless", "true", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit never became healthy: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()  # a test server: no state to save, so do not wait long
+        try:
+            proc.wait(3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol (navigate, evaluate, screenshot)."""
+
+    def __init__(self, binary: str):
+        from websockets.sync.client import connect
+
+        self.profile = tempfile.mkdtemp(prefix="ipskit-chromium-")
+        self.proc = subprocess.Popen(
+            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+             "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = Path(self.profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError("chromium did not open its DevTools port")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            page = next(t for t in json.load(r) if t["type"] == "page")
+        self.stack = contextlib.ExitStack()
+        self.ws = self.stack.enter_context(
+            connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10))
+        self.next_id = 0
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:  # skip events until our answer
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+
+    def state(self) -> dict:
+        return self.call("Runtime.evaluate", expression=STATE_JS, returnByValue=True)["result"]["value"]
+
+    def load(self, url: str, title: str, timeout: float = PAGE_TIMEOUT) -> dict:
+        """Open ``url`` and wait until Streamlit has finished the page and its images loaded."""
+        self.call("Page.navigate", url=url)
+        deadline, s = time.monotonic() + timeout, {}
+        while time.monotonic() < deadline:
+            s = self.state()
+            if (s["state"] == "notRunning" and s["h1"] == title and not s["busy"]
+                    and s["images"]):
+                time.sleep(0.5)  # charts and data grids draw just after the script ends
+                return self.state()
+            time.sleep(0.25)
+        raise AssertionError(f"{url} did not finish rendering in {timeout} s: {s.get('state')}, "
+                             f"title {s.get('h1')!r}, text {s.get('text', '')[:300]!r}")
+
+    def screenshot(self, path: Path, height: int) -> None:
+        """The whole page: the viewport is stretched to the content's height first."""
+        h = int(min(height + 40, 6000))
+        if h > 1000:
+            self.call("Emulation.setDeviceMetricsOverride", width=1400, height=h,
+                      deviceScaleFactor=1, mobile=False)
+            time.sleep(0.8)  # let Streamlit re-lay out the charts for the new size
+        shot = self.call("Page.captureScreenshot", format="png")
+        path.write_bytes(base64.b64decode(shot["data"]))
+        if h > 1000:
+            self.call("Emulation.clearDeviceMetricsOverride")
+
+    def close(self) -> None:
+        if getattr(self, "stack", None) is not None:
+            self.stack.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(3)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    b = Browser(chromium)
+    yield b
+    b.close()
+
+
+def test_every_page_renders_in_headless_chromium(server, browser):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    problems = []
+    for path, (title, marker) in PAGES.items():
+        s = browser.load(f"{server}/{path}", title)
+        name = path or "Home"
+        browser.screenshot(SHOTS / f"{name}.png", s["height"])
+        text = s["text"]
+        checks = {
+            "browser title": s["title"] == f"{title} · ipskit",
+            f"content {marker!r}": marker in text,
+            "no Traceback": "Traceback" not in text,
+            "no Error": "Error" not in text,
+            "no error box": s["errors"] == 0,
+        }
+        problems += [f"{name}: {what}" for what, ok in checks.items() if not ok]
+        assert (SHOTS / f"{name}.png").stat().st_size > 10_000, f"{name}: screenshot looks empty"
+    assert not problems, problems
