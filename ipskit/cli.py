@@ -1,0 +1,259 @@
+"""The ``ipskit`` command line (also ``python -m ipskit``).
+
+Commands:
+    ipskit demo                         train ce and ips on digits, print a comparison table
+    ipskit train --method ips ...       one run; every TrainConfig field is a flag
+    ipskit sweep --name SWEEP --grid 2 4 --pr 0.25 0.5 --seed 0 1
+                                        a grid of runs into one tidy, resumable CSV
+    ipskit swap-demo --grid 4           save a picture of patch-swapped pairs
+    ipskit eval RUN_DIR ...             evaluation (ipskit.evaluate)
+    ipskit compare RUN_DIR ...          compare runs (ipskit.evaluate)
+    torchrun --nproc_per_node=N -m ipskit train ...   data-parallel training
+
+Bad input prints ``error: <one line>`` on stderr and exits with status 2 (no traceback);
+a diverged run (non-finite loss) exits with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import sys
+import typing
+
+__all__ = ["main", "build_parser", "add_config_arguments", "config_from_args"]
+
+_GROUPS = {"data": "data", "model": "model", "method": "method settings",
+           "training": "optimisation", "runtime": "runtime and output"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one ``error:`` line (and a hint) instead of the usage."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def _optional(typ):
+    def parse(text: str):
+        return None if text.lower() == "none" else typ(text)
+    parse.__name__ = typ.__name__
+    return parse
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, multi: bool = False,
+                         exclude: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig field (``--batch-size`` for ``batch_size``), help from the field.
+
+    Args:
+        parser: where to add the flags, in argument groups.
+        multi: every flag takes one or more values (for ``ipskit sweep``).
+        exclude: fields to leave out.
+    Flags left out are absent from the parsed namespace, so the dataclass defaults apply.
+    """
+    from ipskit.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    groups = {k: parser.add_argument_group(v) for k, v in _GROUPS.items()}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in exclude:
+            continue
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        base = next(a for a in args if a is not type(None)) if args else hint
+        default = f.default
+        shown = "" if default is None else f" (default: {default})"  # None: help says it
+        help_text = f"{f.metadata['help']}{shown}".replace("%", "%%")
+        kw = dict(default=argparse.SUPPRESS, help=help_text, dest=f.name)
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if base is bool and not multi:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            parse = _bool if base is bool else base
+            kw["type"] = _optional(parse) if args else parse
+            kw["metavar"] = f.name.upper()
+            if multi:
+                kw["nargs"] = "+"
+        groups[f.metadata["group"]].add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def config_from_args(ns: argparse.Namespace, **overrides):
+    """A TrainConfig from the parsed flags (only the flags given), plus ``overrides``."""
+    from ipskit.config import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{**{k: v for k, v in vars(ns).items() if k in names}, **overrides})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ipskit`` parser with its sub-commands."""
+    p = _Parser(prog="ipskit", description="Intra-class Patch Swap (IPS) self-distillation kit.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    t = sub.add_parser("train", help="train one run (every setting is a flag)",
+                       description="Train one model; writes OUT_DIR/NAME/ (config.json, "
+                       "metrics.jsonl, checkpoint.pt, summary.json). Start with the defaults "
+                       "on digits, then change one setting at a time; compare methods over "
+                       "several --seed values.")
+    add_config_arguments(t)
+    _run_flags(t)
+
+    d = sub.add_parser("demo", help="train ce and ips on digits and compare them (~1-2 min)",
+                       description="Trains plain cross-entropy and IPS under the same recipe "
+                       "on the digits dataset and prints a comparison table. The runs stay in "
+                       "OUT/ce and OUT/ips for the notebooks and the app.")
+    d.add_argument("--out", default="runs/demo", help="folder for the two runs "
+                   "(default: runs/demo)")
+    d.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    d.add_argument("--seed", type=int, default=0, help="seed of both runs (default: 0)")
+    d.add_argument("--overwrite", action="store_true", help="retrain even if the runs exist")
+    d.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars")
+
+    s = sub.add_parser("sweep", help="a grid of runs into one resumable CSV",
+                       description="Every flag may take several values; the sweep trains "
+                       "every combination (e.g. --grid 2 4 8 --pr 0.25 0.5 --seed 0 1 2) under "
+                       "OUT_DIR/NAME/ and writes one row per run to OUT_DIR/NAME/results.csv. "
+                       "Re-running the same command skips finished runs and resumes an "
+                       "interrupted one.")
+    s.add_argument("--name", required=True, dest="sweep_name", metavar="SWEEP",
+                   help="folder under out_dir holding the sweep's runs and results.csv")
+    s.add_argument("--csv", default=None, help="where to write the table "
+                   "(default: OUT_DIR/SWEEP/results.csv)")
+    add_config_arguments(s, multi=True, exclude=("name",))
+    s.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars")
+
+    w = sub.add_parser("swap-demo", help="save a picture of patch-swapped same-class pairs",
+                       description="Draws same-class pairs from a dataset, swaps patches as "
+                       "IPS does during training, and saves a figure (exchanged cells "
+                       "outlined). Try --grid 2, 4 and 8 to see what the patch grid means.")
+    w.add_argument("--dataset", default="digits", help="dataset name (default: digits)")
+    w.add_argument("--image-size", type=int, default=None, help="image side in pixels")
+    w.add_argument("--grid", type=int, default=4, help="cells per side (default: 4)")
+    w.add_argument("--pr", type=float, default=1.0, help="swap probability per pair "
+                   "(default: 1.0, so every pair shows a swap; training uses 0.5)")
+    w.add_argument("--pairs", type=int, default=4, help="pairs to show (default: 4)")
+    w.add_argument("--seed", type=int, default=0, help="seed of the pairs and the swap")
+    w.add_argument("--out", default="swap_demo.png", help="PNG file to write "
+                   "(default: swap_demo.png)")
+
+    for name, helptext in (("eval", "evaluate runs (writes eval.json)"),
+                           ("compare", "compare runs side by side")):
+        e = sub.add_parser(name, help=helptext, add_help=False)
+        e.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run control")
+    g.add_argument("--resume", action="store_true", help="continue OUT_DIR/NAME from its "
+                   "checkpoint (same settings required); a finished run is left as is")
+    g.add_argument("--overwrite", action="store_true", help="delete OUT_DIR/NAME first")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (epoch lines are still printed)")
+
+
+def _train(ns) -> int:
+    from ipskit.train import fit
+
+    cfg = config_from_args(ns)
+    s = fit(cfg, resume=ns.resume, overwrite=ns.overwrite, progress=ns.progress)
+    print(f"done: test accuracy {100 * s['test_acc']:.2f}%, ECE {s['ece']:.4f} -> {s['run_dir']}")
+    return 0
+
+
+def _sweep(ns) -> int:
+    from ipskit.sweep import run_sweep
+
+    axes = {k: v for k, v in vars(ns).items()
+            if k not in ("command", "sweep_name", "csv", "progress")}
+    path = run_sweep(axes, ns.sweep_name, csv_path=ns.csv, progress=ns.progress)
+    print(f"sweep table -> {path}")
+    return 0
+
+
+def _demo(ns) -> int:
+    from ipskit.sweep import run_demo
+
+    run_demo(out=ns.out, epochs=ns.epochs, seed=ns.seed, overwrite=ns.overwrite,
+             progress=ns.progress)
+    return 0
+
+
+def _swap_demo(ns) -> int:
+    import torch
+
+    from ipskit.data import load_dataset
+    from ipskit.pairs import SameClassPairSampler, split_pair
+    from ipskit.plots import swap_pair_figure
+    from ipskit.runs import atomic_write
+    from ipskit.swap import patch_swap
+
+    if ns.pairs < 1:
+        raise ValueError(f"--pairs must be >= 1, got {ns.pairs}")
+    bundle = load_dataset(ns.dataset, image_size=ns.image_size)
+    idx = next(iter(SameClassPairSampler(bundle.train_targets, ns.pairs, seed=ns.seed)))
+    plain = copy.copy(bundle.train_dataset)
+    plain.augment = None  # show the images as stored, not randomly cropped
+    x = torch.stack([plain[i][0] for i in idx])  # (2P, C, H, W) in [0, 1]
+    y = torch.as_tensor([int(bundle.train_targets[i]) for i in idx])
+    x_a, x_b, _ = split_pair(x, y)
+    out_a, out_b, decision = patch_swap(x_a, x_b, grid=ns.grid, pr=ns.pr,
+                                        generator=torch.Generator().manual_seed(ns.seed))
+    fig = swap_pair_figure(x_a, x_b, out_a, out_b, decision, max_pairs=ns.pairs)
+    atomic_write(ns.out, lambda f: fig.savefig(f, format="png", dpi=120))
+    print(f"saved {ns.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ipskit`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("eval", "compare"):  # their own parsers live in ipskit.evaluate
+        from ipskit import evaluate
+
+        run = evaluate.main_eval if argv[0] == "eval" else evaluate.main_compare
+        return _guard(lambda: run(argv[1:]))
+    try:
+        ns = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad flag (2, message already printed)
+        return int(e.code or 0)
+    commands = {"train": _train, "sweep": _sweep, "demo": _demo, "swap-demo": _swap_demo}
+    return _guard(lambda: commands[ns.command](ns))
+
+
+def _guard(fn) -> int:
+    """Run a command; bad input -> one ``error:`` line and status 2, divergence -> status 1."""
+    from ipskit.data import DatasetUnavailableError
+
+    try:
+        return int(fn() or 0)
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    except FloatingPointError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 1
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError,
+            DatasetUnavailableError) as e:
+        sys.stderr.write(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; continue the run with --resume\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

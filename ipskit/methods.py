@@ -1,0 +1,308 @@
+"""Training methods under one recipe: each turns a loaded batch into a loss.
+
+Methods compared in the IPS paper (Choi et al., Neurocomputing 2025) and its peers:
+
+- ``ce``: plain cross-entropy.
+- ``label_smoothing``: cross-entropy against smoothed targets (Szegedy et al., CVPR 2016).
+- ``cutout``: a square of each image is blanked (DeVries & Taylor, arXiv 1708.04552).
+- ``cutmix`` / ``mixup``: images and labels mixed with a rolled copy of the batch (Yun et al.,
+  ICCV 2019; Zhang et al., ICLR 2018), through ``torchvision.transforms.v2.CutMix`` / ``MixUp``.
+- ``cskd``: class-wise self-KD (Yun et al., CVPR 2020): CE on an anchor plus
+  ``T^2 * lambda * KL(p_partner || p_anchor)`` at temperature T, the partner (another image of
+  the same class) forwarded without gradient.
+- ``ips``: intra-class patch swap: same-class pairs exchange random patches
+  (:func:`ipskit.swap.patch_swap`), both results are forwarded in one 2B batch and trained
+  with :func:`ipskit.losses.ips_loss`.
+- ``ips+cutmix`` / ``ips+mixup`` / ``ips+cutout``: IPS, then the mixing drawn ONCE per batch and
+  applied identically to both sides of every pair, so the two sides still share one (soft)
+  label and the KL compares like with like.
+
+Pair methods (``needs_pairs``) expect the batch of a :class:`ipskit.pairs.SameClassPairSampler`
+loader: 2B images, anchors then partners. Every method has the same interface:
+
+    method = build_method(cfg, num_classes=10, fill=bundle.mean)
+    out = method.step(model, x, y, generator)      # x [N, C, H, W] in [0, 1], y [N]
+    out.loss.backward()                            # out.ce, out.kd: detached parts for logging
+    acc = (out.logits.argmax(1) == out.targets).float().mean()
+
+Randomness is drawn from ``generator`` (torchvision's mixers use the global RNG, so they run
+inside ``torch.random.fork_rng`` seeded from ``generator``): a step is a pure function of
+(model, batch, generator state).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.transforms import v2
+
+from ipskit.losses import ips_loss, kl_divergence
+from ipskit.pairs import split_pair
+from ipskit.swap import patch_swap
+
+__all__ = ["StepOutput", "Method", "CrossEntropy", "Mixed", "CSKD", "IPS", "Mixer", "CutMixer",
+           "Cutout", "draw_cutout", "apply_cutout", "build_method"]
+
+
+@dataclass
+class StepOutput:
+    """What one training step gives back to the loop.
+
+    Attributes:
+        loss: scalar tensor to back-propagate.
+        ce, kd: detached scalars, the unweighted cross-entropy and distillation parts (kd is 0
+            for methods without one).
+        logits: [N, K] detached logits used for train accuracy.
+        targets: [N] hard labels those logits are scored against (the labels before mixing).
+    """
+
+    loss: Tensor
+    ce: Tensor
+    kd: Tensor
+    logits: Tensor
+    targets: Tensor
+
+
+def _zero(like: Tensor) -> Tensor:
+    return torch.zeros((), device=like.device, dtype=torch.float32)
+
+
+# ----- batch regularisers (mixers) ------------------------------------------------------------
+class Mixer:
+    """A batch regulariser: draw once, apply identically to each batch in ``xs``.
+
+    ``__call__(xs, y, generator) -> (mixed xs, targets)``, where ``xs`` is a list of
+    [B, C, H, W] batches whose row i shares label ``y[i]`` (one batch, or the two sides of IPS
+    pairs) and ``targets`` is [B] class ids or [B, K] soft labels.
+    """
+
+    def __call__(self, xs: list[Tensor], y: Tensor, generator: torch.Generator
+                 ) -> tuple[list[Tensor], Tensor]:
+        raise NotImplementedError
+
+
+def _seed_from(generator: torch.Generator) -> int:
+    return int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+
+
+class CutMixer(Mixer):
+    """CutMix or MixUp through torchvision v2, with probability ``prob`` per batch.
+
+    Args:
+        kind: "cutmix" or "mixup".
+        num_classes: K, for the soft labels.
+        alpha: Beta(alpha, alpha) parameter of the mixing ratio.
+        prob: probability that a batch is mixed at all.
+    """
+
+    def __init__(self, kind: str, num_classes: int, alpha: float = 1.0, prob: float = 0.5):
+        cls = {"cutmix": v2.CutMix, "mixup": v2.MixUp}[kind]
+        self.kind, self.prob = kind, prob
+        self.transform = cls(alpha=alpha, num_classes=num_classes)
+
+    def __call__(self, xs, y, generator):
+        # 1. Draw: whether to mix, then torchvision's own parameters (lambda, box) under a
+        #    seed taken from our generator, so the global RNG is neither used nor disturbed.
+        mix = bool(torch.rand(1, generator=generator, device=generator.device) < self.prob)
+        seed = _seed_from(generator)
+        if not mix:
+            return xs, y
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            params = self.transform.make_params(xs[:1])
+        params.update(labels=y, batch_size=y.shape[0])
+        # 2. Apply the same draw to every batch: pairs keep a shared (soft) label.
+        mixed = [self.transform.transform(x, params) for x in xs]
+        return mixed, self.transform.transform(y, params)
+
+
+def draw_cutout(batch_size: int, height: int, width: int, size: int,
+                generator: torch.Generator) -> Tensor:
+    """Draw Cutout squares: a centre uniform over the image, clipped at the border.
+
+    Returns:
+        long [B, 4] boxes (y1, x1, y2, x2), on the generator's device.
+    """
+    dev = generator.device
+    cy = torch.randint(height, (batch_size,), generator=generator, device=dev)
+    cx = torch.randint(width, (batch_size,), generator=generator, device=dev)
+    lo, hi = size // 2, size - size // 2
+    return torch.stack([(cy - lo).clamp(0, height), (cx - lo).clamp(0, width),
+                        (cy + hi).clamp(0, height), (cx + hi).clamp(0, width)], dim=1)
+
+
+def apply_cutout(x: Tensor, boxes: Tensor, fill: Tensor | float = 0.0) -> Tensor:
+    """Fill each image's box with ``fill``.
+
+    Args:
+        x: [B, C, H, W] images. boxes: long [B, 4] (y1, x1, y2, x2) from ``draw_cutout``.
+        fill: a float, or [C] per-channel values (the dataset mean is 0 after normalisation,
+            which is what the original Cutout fills).
+    Returns:
+        [B, C, H, W] images with the boxes filled.
+    """
+    b, c, h, w = x.shape
+    boxes = boxes.to(x.device)
+    rows = torch.arange(h, device=x.device)[None, :, None]  # (1, H, 1)
+    cols = torch.arange(w, device=x.device)[None, None, :]  # (1, 1, W)
+    inside = ((rows >= boxes[:, 0, None, None]) & (rows < boxes[:, 2, None, None])
+              & (cols >= boxes[:, 1, None, None]) & (cols < boxes[:, 3, None, None]))  # (B, H, W)
+    fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    return torch.where(inside[:, None], fill, x)
+
+
+class Cutout(Mixer):
+    """Cutout as a mixer: one square per row, the same square on every batch in ``xs``.
+
+    Args:
+        size: side of the square in pixels.
+        fill: [C] fill values in [0, 1] (default 0.5 grey).
+    """
+
+    def __init__(self, size: int, fill: Sequence[float] | float = 0.5):
+        self.size, self.fill = size, torch.as_tensor(fill, dtype=torch.float32)
+
+    def __call__(self, xs, y, generator):
+        _, _, h, w = xs[0].shape
+        boxes = draw_cutout(xs[0].shape[0], h, w, self.size, generator)
+        return [apply_cutout(x, boxes, self.fill) for x in xs], y
+
+
+# ----- methods --------------------------------------------------------------------------------
+class Method:
+    """Base class: ``step(model, x, y, generator) -> StepOutput``; ``needs_pairs`` says whether
+    ``x`` must come from a same-class pair sampler (2B images, anchors then partners)."""
+
+    needs_pairs = False
+
+    def step(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
+             ) -> StepOutput:
+        """One training step's loss.
+
+        Args:
+            model: maps [N, C, H, W] images in [0, 1] to [N, K] logits.
+            x: [N, C, H, W] batch (N = 2B for pair methods). y: [N] class ids.
+            generator: source of this step's random choices (on the data's device).
+        Returns:
+            StepOutput.
+        """
+        raise NotImplementedError
+
+
+class CrossEntropy(Method):
+    """``ce`` (smoothing 0) and ``label_smoothing`` (smoothing eps)."""
+
+    def __init__(self, smoothing: float = 0.0):
+        self.smoothing = smoothing
+
+    def step(self, model, x, y, generator):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.smoothing)
+        return StepOutput(loss, loss.detach(), _zero(loss), logits.detach(), y)
+
+
+class Mixed(Method):
+    """Cross-entropy on images regularised by a mixer (``cutmix``, ``mixup``, ``cutout``)."""
+
+    def __init__(self, mixer: Mixer):
+        self.mixer = mixer
+
+    def step(self, model, x, y, generator):
+        (x,), target = self.mixer([x], y, generator)
+        logits = model(x)
+        loss = F.cross_entropy(logits, target)  # soft [B, K] targets after cutmix/mixup
+        return StepOutput(loss, loss.detach(), _zero(loss), logits.detach(), y)
+
+
+class CSKD(Method):
+    """Class-wise self-knowledge distillation (Yun et al., CVPR 2020).
+
+    Loss on a batch of anchors x_a and same-class partners x_b:
+    ``CE(z_a, y) + lambda * T^2 * KL(softmax(z_b / T) || softmax(z_a / T))``, with z_b from a
+    forward pass without gradient (as the original code does).
+    """
+
+    needs_pairs = True
+
+    def __init__(self, temperature: float = 4.0, lam: float = 1.0):
+        self.temperature, self.lam = temperature, lam
+
+    def step(self, model, x, y, generator):
+        x_a, x_b, y = split_pair(x, y, check_labels=False)
+        logits = model(x_a)
+        with torch.no_grad():
+            partner = model(x_b)
+        ce = F.cross_entropy(logits, y)
+        t = self.temperature
+        kd = kl_divergence(partner, logits, t).mean() * t * t
+        return StepOutput(ce + self.lam * kd, ce.detach(), kd.detach(), logits.detach(), y)
+
+
+class IPS(Method):
+    """Intra-class patch swap, optionally followed by a mixer applied to both sides alike.
+
+    Args:
+        grid: cells per side g. pr: swap probability per pair. swap_fraction: see draw_swap.
+        loss_kwargs: temperature, alpha, gamma, kd_direction, detach_target, t2_scale for
+            :func:`ipskit.losses.ips_loss`.
+        mixer: optional Mixer run after the swap.
+    """
+
+    needs_pairs = True
+
+    def __init__(self, grid: int, pr: float = 0.5, swap_fraction: float | None = None,
+                 loss_kwargs: dict | None = None, mixer: Mixer | None = None):
+        self.grid, self.pr, self.swap_fraction = grid, pr, swap_fraction
+        self.loss_kwargs, self.mixer = dict(loss_kwargs or {}), mixer
+
+    def step(self, model, x, y, generator):
+        # 1. Pairs from the sampler's layout; 2. swap; 3. optional mixer on both sides alike.
+        x_a, x_b, y = split_pair(x, y, check_labels=False)
+        x_a, x_b, _ = patch_swap(x_a, x_b, grid=self.grid, pr=self.pr, generator=generator,
+                                 swap_fraction=self.swap_fraction)
+        target = y
+        if self.mixer is not None:
+            (x_a, x_b), target = self.mixer([x_a, x_b], y, generator)
+        # 4. One forward over both sides: batch-norm statistics see the whole 2B batch.
+        logits = model(torch.cat([x_a, x_b]))  # (2B, K)
+        z_a, z_b = logits.chunk(2)
+        out = ips_loss(z_a, z_b, target, **self.loss_kwargs)
+        return StepOutput(out.loss, out.ce.detach(), out.kd.detach(), logits.detach(),
+                          torch.cat([y, y]))
+
+
+def _mixer(kind: str, cfg, num_classes: int, image_size: int, fill) -> Mixer:
+    if kind == "cutout":
+        return Cutout(cfg.cutout_size or max(1, image_size // 2), fill)
+    return CutMixer(kind, num_classes, cfg.mix_alpha, cfg.mix_prob)
+
+
+def build_method(cfg, num_classes: int, image_size: int, fill: Sequence[float] | float = 0.5
+                 ) -> Method:
+    """The method a TrainConfig names, with its settings.
+
+    Args:
+        cfg: a TrainConfig (reads method and that method's settings).
+        num_classes: K. image_size: training image side in pixels (IPS grid, cutout size).
+        fill: Cutout fill value(s) in [0, 1], e.g. the dataset mean.
+    Returns:
+        A Method.
+    """
+    name = cfg.method
+    if name in ("ce", "label_smoothing"):
+        return CrossEntropy(cfg.smoothing if name == "label_smoothing" else 0.0)
+    if name in ("cutmix", "mixup", "cutout"):
+        return Mixed(_mixer(name, cfg, num_classes, image_size, fill))
+    if name == "cskd":
+        return CSKD(cfg.cskd_temperature, cfg.cskd_lambda)
+    if name == "ips" or name.startswith("ips+"):
+        mixer = _mixer(name[4:], cfg, num_classes, image_size, fill) if "+" in name else None
+        loss_kwargs = dict(temperature=cfg.temperature, alpha=cfg.alpha, gamma=cfg.gamma,
+                           kd_direction=cfg.kd_direction, detach_target=cfg.detach_target,
+                           t2_scale=cfg.t2_scale)
+        return IPS(cfg.check_image_size(image_size), cfg.pr, cfg.swap_fraction, loss_kwargs,
+                   mixer)
+    raise ValueError(f"unknown method {name!r}")

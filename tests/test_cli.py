@@ -1,0 +1,111 @@
+"""Tests for the ipskit command line: train end to end, one-line errors, dispatch."""
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import ipskit
+from ipskit.cli import build_parser, config_from_args, main
+from train_helpers import cache_datasets
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model", "smallcnn", "--image-size", "8", "--epochs", "1", "--batch-size", "32",
+        "--max-train-samples", "200", "--grid", "2", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _cached(monkeypatch):
+    cache_datasets(monkeypatch)
+
+
+def test_train_end_to_end_as_a_module(tmp_path):
+    """``python -m ipskit train`` in a fresh process: exit 0, a complete run folder."""
+    r = subprocess.run([sys.executable, "-m", "ipskit", "train", "--method", "ips", *TINY,
+                        "--out-dir", str(tmp_path), "--name", "cli"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "epoch   1/1" in r.stdout and "done: test accuracy" in r.stdout
+    run = tmp_path / "cli"
+    for name in ("config.json", "metrics.jsonl", "summary.json", "env.json", "checkpoint.pt"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "config.json").read_text())["grid"] == 2
+
+
+def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
+    cases = [
+        (["train", "--model", "resnet9"], "error: unknown model 'resnet9'; choose one of: "),
+        (["train", "--method", "nope"], "error: argument --method: invalid choice: 'nope'"),
+        (["train", "--epochs", "many"], "error: argument --epochs: invalid int value"),
+        (["train", "--pr", "2"], "error: pr must be in [0, 1], got 2.0"),
+        (["train", *TINY, "--dataset", "imagefolder:/no/such", "--out-dir", str(tmp_path)],
+         "error: imagefolder path '/no/such' is not a directory"),
+        (["train", *TINY, "--image-size", "16", "--grid", "32", "--out-dir", str(tmp_path)],
+         "error: grid 32 cannot split 16x16 images"),
+        (["frobnicate"], "error: argument COMMAND: invalid choice"),
+    ]
+    for argv, start in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(start), (argv, err)
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_run_then_resume_and_overwrite(tmp_path, capsys):
+    argv = ["train", "--method", "ce", *TINY, "--out-dir", str(tmp_path), "--name", "r"]
+    assert main(argv) == 0
+    assert main(argv) == 2
+    assert "already exists; pass --resume to continue it" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    assert "already finished" in capsys.readouterr().out
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"junk")
+    assert main([*argv, "--epochs", "2", "--resume"]) == 2
+    assert "cannot be read (corrupt" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_every_config_field_is_a_flag_with_help():
+    parser = build_parser()
+    text = " ".join(parser._subparsers._group_actions[0].choices["train"].format_help().split())
+    for flag in ("--grid", "--patch-size", "--pr", "--temperature", "--kd-direction",
+                 "--no-detach-target", "--t2-scale", "--label-noise", "--fast-path",
+                 "--channels-last", "--amp", "--compile", "--max-train-samples", "--resume",
+                 "--overwrite", "--cskd-lambda", "--mix-alpha", "--cutout-size"):
+        assert flag in text, flag
+    assert "0.5 is the paper's best value" in text
+    ns = parser.parse_args(["train", "--no-detach-target", "--patch-size", "none", "--pr",
+                            "0.25", "--kd-direction", "confident"])
+    cfg = config_from_args(ns)
+    assert (cfg.detach_target, cfg.patch_size, cfg.pr, cfg.kd_direction) == (
+        False, None, 0.25, "confident")
+    assert cfg.lr == 0.05  # untouched fields keep the dataclass default
+
+
+def test_eval_and_compare_dispatch(monkeypatch):
+    seen = []
+    fake = types.SimpleNamespace(main_eval=lambda argv: seen.append(("eval", argv)) or 0,
+                                 main_compare=lambda argv: seen.append(("compare", argv)) or 0)
+    monkeypatch.setitem(sys.modules, "ipskit.evaluate", fake)
+    monkeypatch.setattr(ipskit, "evaluate", fake, raising=False)
+    assert main(["eval", "runs/a", "--what", "calibration"]) == 0
+    assert main(["compare", "runs/a", "runs/b"]) == 0
+    assert seen == [("eval", ["runs/a", "--what", "calibration"]),
+                    ("compare", ["runs/a", "runs/b"])]
+
+
+def test_help_exits_zero(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for cmd in ("train", "demo", "sweep", "swap-demo", "eval", "compare"):
+        assert cmd in out
+
+
+def test_swap_demo_saves_a_png(tmp_path, capsys):
+    out = tmp_path / "swap.png"
+    assert main(["swap-demo", "--grid", "2", "--pairs", "2", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["swap-demo", "--grid", "40", "--out", str(out)]) == 2
+    assert "error: grid 40 has more cells per side" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""Tests for ipskit.runs: atomic writes, reading runs back, and loading a trained model."""
+import json
+
+import pytest
+import torch
+
+from ipskit import runs
+from ipskit.train import fit
+from train_helpers import cache_datasets, tiny
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished run (and its config) shared by the read-back tests."""
+    mp = pytest.MonkeyPatch()
+    cache_datasets(mp)
+    root = tmp_path_factory.mktemp("runs")
+    cfg = tiny(root, method="ips", name="group/ips")
+    fit(cfg, progress=False, verbose=False)
+    mp.undo()
+    return root, root / "group" / "ips", cfg
+
+
+def test_atomic_json_and_failed_write_keeps_old(tmp_path, monkeypatch):
+    path = tmp_path / "a.json"
+    runs.atomic_write_json(path, {"x": 1})
+    assert runs.read_json(path) == {"x": 1}
+
+    def broken_dumps(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(runs.json, "dumps", broken_dumps)
+    with pytest.raises(RuntimeError):
+        runs.atomic_write_json(path, {"x": 2})
+    assert runs.read_json(path) == {"x": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert runs.read_json(tmp_path / "missing.json", {"d": 0}) == {"d": 0}
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        runs.read_json(tmp_path / "bad.json")
+
+
+def test_jsonl_round_trip(tmp_path):
+    rows = [{"epoch": 1, "a": 0.5}, {"epoch": 2, "a": 0.25}]
+    runs.atomic_write_jsonl(tmp_path / "m.jsonl", rows)
+    lines = (tmp_path / "m.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == rows
+
+
+def test_load_run_and_list_runs(trained, tmp_path):
+    root, run_dir, cfg = trained
+    run = runs.load_run(run_dir)
+    assert run["config"]["method"] == "ips" and run["config"]["grid"] == 2
+    assert len(run["metrics"]) == 1 and run["summary"]["status"] == "finished"
+    assert run["eval"] == {} and run["env"]["torch"] == torch.__version__
+    listed = runs.list_runs(root)
+    assert [r["name"] for r in listed] == ["group/ips"]  # nested folders are found
+    r = listed[0]
+    assert r["method"] == "ips" and r["epochs_done"] == 1 and r["status"] == "finished"
+    assert r["test_acc"] == run["metrics"][-1]["test_acc"]
+    assert runs.list_runs(tmp_path / "nothing here") == []
+    with pytest.raises(FileNotFoundError, match="is not an ipskit run: no config.json"):
+        runs.load_run(tmp_path)
+
+
+def test_load_model_gives_the_trained_predictions(trained):
+    from ipskit.data import load_dataset
+
+    _, run_dir, cfg = trained
+    model, config = runs.load_model(run_dir)
+    assert not model.training and config["method"] == "ips"
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["model"].items())
+    bundle = load_dataset("digits", image_size=config["image_size"])
+    with torch.no_grad():
+        acc = (model(bundle.test_x.float() / 255).argmax(1) == bundle.test_y).float().mean()
+    assert abs(float(acc) - runs.load_run(run_dir)["summary"]["test_acc"]) < 1e-6
+
+
+def test_load_model_errors(trained, tmp_path):
+    _, run_dir, _ = trained
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((run_dir / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*has not finished an epoch"):
+        runs.load_model(bad)
+    (bad / "checkpoint.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="cannot be read \\(corrupt, truncated"):
+        runs.load_model(bad)
+    torch.save({"state_dict": {}}, bad / "checkpoint.pt")
+    with pytest.raises(ValueError, match="not an ipskit checkpoint: missing model, optimizer"):
+        runs.load_model(bad)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    ckpt["model_info"] = {**ckpt["model_info"], "num_classes": 3}
+    torch.save(ckpt, bad / "checkpoint.pt")
+    with pytest.raises(ValueError, match="does not match its model_info"):
+        runs.load_model(bad)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        runs.load_model(tmp_path / "nope")

@@ -1,0 +1,82 @@
+"""Tests for ipskit.sweep: one tidy CSV, resumable without recomputation, and the demo."""
+import csv
+
+import pytest
+
+import ipskit.train as T
+from ipskit.cli import main
+from ipskit.runs import list_runs
+from ipskit.sweep import format_table, run_demo, run_sweep, sweep_cells
+from train_helpers import cache_datasets
+
+TINY = dict(model=["smallcnn"], image_size=[8], epochs=[1], batch_size=[32],
+            max_train_samples=[200], grid=[2])
+
+
+@pytest.fixture(autouse=True)
+def _cached(monkeypatch):
+    cache_datasets(monkeypatch)
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cells_are_the_product_of_the_axes():
+    cells = sweep_cells({"method": ["ips"], "grid": [2, 4], "pr": [0.25, 0.5, 0.75],
+                         "seed": [0]}, "g")
+    assert len(cells) == 6
+    assert cells[0][0] == {"grid": 2, "pr": 0.25} and cells[0][1].name == "g/grid=2_pr=0.25"
+    assert all(c.method == "ips" and c.seed == 0 for _, c in cells)
+    with pytest.raises(ValueError, match="pr must be in"):
+        sweep_cells({"pr": [0.5, 3.0]}, "g")  # a bad cell is caught before anything runs
+
+
+def test_sweep_writes_one_tidy_csv_and_resumes_without_recomputing(tmp_path, monkeypatch):
+    values = {**TINY, "method": ["ips"], "pr": [0.25, 0.75], "seed": [0, 1],
+              "out_dir": [str(tmp_path)]}
+    path = run_sweep(values, "s", progress=False)
+    assert path == tmp_path / "s" / "results.csv"
+    rows = _read(path)
+    assert len(rows) == 4
+    assert [(r["pr"], r["seed"]) for r in rows] == [("0.25", "0"), ("0.25", "1"),
+                                                   ("0.75", "0"), ("0.75", "1")]
+    for r in rows:
+        assert r["status"] == "finished" and r["method"] == "ips" and r["epoch"] == "1"
+        assert 0 <= float(r["test_acc"]) <= 1 and float(r["ece"]) >= 0
+        assert r["run_dir"].startswith(str(tmp_path / "s"))
+    assert len(list_runs(tmp_path)) == 4
+
+    # the same sweep again: every cell is finished, so no epoch may run
+    def no_training(*a, **k):
+        raise AssertionError("a finished cell was recomputed")
+    monkeypatch.setattr(T, "train_one_epoch", no_training)
+    assert _read(run_sweep(values, "s", progress=False)) == rows
+
+
+def test_sweep_command_line(tmp_path, capsys):
+    argv = ["sweep", "--name", "cli", "--method", "ce", "--model", "smallcnn", "--image-size",
+            "8", "--epochs", "1", "--batch-size", "32", "--max-train-samples", "200",
+            "--lr", "0.05", "0.1", "--out-dir", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    rows = _read(tmp_path / "cli" / "results.csv")
+    assert [r["lr"] for r in rows] == ["0.05", "0.1"]
+    assert main([*argv[:-3], "--out-dir", str(tmp_path), "--pr", "7", "--no-progress"]) == 2
+    assert "error: pr must be in [0, 1], got 7.0" in capsys.readouterr().err
+
+
+def test_demo_trains_ce_and_ips_and_prints_a_table(tmp_path, capsys):
+    out = tmp_path / "demo"
+    run_demo(out=str(out), epochs=1, progress=False, model="smallcnn", image_size=8,
+             max_train_samples=200)
+    text = capsys.readouterr().out
+    assert "| method | test acc % |" in text and "| ce |" in text and "| ips |" in text
+    assert "ONE seed" in text
+    assert {r["name"] for r in list_runs(tmp_path)} == {"demo/ce", "demo/ips"}
+
+
+def test_format_table():
+    t = format_table([{"a": "x", "b": 0.12345}, {"a": "y", "b": None}],
+                     [("a", "A", "s"), ("b", "B", ".2f")])
+    assert t.splitlines() == ["| A | B |", "| --- | --- |", "| x | 0.12 |", "| y | - |"]
