@@ -17,11 +17,20 @@ from ipskit.losses import BLOG_INTENT, IPSLoss, IPSLossOutput, ips_loss, kl_dive
 from ipskit.pairs import SameClassPairSampler, split_pair
 from ipskit.swap import PatchSwap, SwapDecision, apply_swap, draw_swap, patch_swap, pixel_mask
 
+# Training and runs (heavier imports: torchvision, the data sets and models).
+from ipskit.config import METHOD_NAMES, TrainConfig
+from ipskit.methods import build_method
+from ipskit.runs import list_runs, load_model, load_run
+from ipskit.sweep import run_demo, run_sweep
+from ipskit.train import evaluate, fit, train_one_epoch
+
 __version__ = "0.1.0"
 
 __all__ = [
     "BLOG_INTENT", "IPSLoss", "IPSLossOutput", "ips_loss", "kl_divergence", "pair_teacher",
     "SameClassPairSampler", "split_pair",
     "PatchSwap", "SwapDecision", "apply_swap", "draw_swap", "patch_swap", "pixel_mask",
+    "TrainConfig", "METHOD_NAMES", "build_method", "list_runs", "load_model", "load_run",
+    "run_demo", "run_sweep", "evaluate", "fit", "train_one_epoch",
     "__version__",
 ]

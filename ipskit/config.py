@@ -210,11 +210,11 @@ class TrainConfig:
         _at_least("seed", self.seed, 0)
         _at_least("num_workers", self.num_workers, 0)
         _at_least("grid", self.grid, 2, "(a single patch cannot be swapped)")
-        for name in ("image_size", "patch_size", "cutout_size", "max_train_samples"):
-            v = getattr(self, name)
-            if v is not None:
-                _at_least(name, v, 4 if name == "image_size" else 2 if name ==
-                          "max_train_samples" else 1)
+        optional_minima = {"image_size": 4, "patch_size": 1, "cutout_size": 1,
+                           "max_train_samples": 2}
+        for name, lo in optional_minima.items():
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), lo)
         _in_range("pr", self.pr, 0, 1)
         _in_range("label_noise", self.label_noise, 0, 1, hi_open=True)
         _in_range("smoothing", self.smoothing, 0, 1, hi_open=True)
