@@ -47,7 +47,7 @@ __all__ = ["fit", "train_one_epoch", "evaluate", "resolve_device", "lr_factor", 
            "prepare_data", "TrainData"]
 
 # Settings that may differ on resume: where and how fast, not what is computed.
-_RESUME_FREE = {"out_dir", "name", "device", "compile", "num_workers", "amp", "channels_last"}
+_RESUME_FREE = {"out_dir", "data_root", "name", "device", "compile", "num_workers", "amp", "channels_last"}
 
 
 # ----- small helpers ---------------------------------------------------------------------------
