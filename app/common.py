@@ -19,7 +19,6 @@ The runs folder is ``$IPSKIT_RUNS`` (default ``runs``, relative to the working d
 """
 from __future__ import annotations
 
-import io
 import os
 import threading
 import traceback
@@ -31,11 +30,10 @@ import streamlit as st
 import torch
 
 from ipskit import runs as ipsruns
+from ipskit.data import to_float01
 
 RUNS_ENV = "IPSKIT_RUNS"
 DATA_ENV = "IPSKIT_DATA"
-MAX_UPLOAD_MB = 5  # uploads above this are refused: the models take 8-32 pixel images anyway
-MAX_UPLOAD_SIDE = 4096  # pixels; refuses decompression bombs before decoding
 MAX_EVAL_SAMPLES = 2000  # test images per run the pages predict on (keeps CIFAR pages quick)
 # Models are cached once per process and shared by every session; Grad-CAM hangs hooks on
 # them, so every forward pass in the app takes this lock (one at a time).
@@ -215,18 +213,22 @@ def offer_demo() -> None:
 def train_demo(out: Path) -> None:
     """Train the demo runs (``ipskit.sweep.run_demo``) with a progress bar per epoch.
 
-    The training runs in a worker thread while this script thread polls the epochs written to
-    each run's metrics.jsonl: Streamlit elements can only be updated from the script thread.
+    The training runs in a worker thread, so it finishes and writes its runs even if the page
+    is left; its ``on_epoch`` callback records the epochs done, and this script thread (the
+    only one allowed to update Streamlit elements) moves the bar.
     """
     from ipskit import sweep
 
     methods, epochs = ("ce", "ips"), int(sweep.DEMO_SETTINGS.get("epochs", 1))
     total = len(methods) * epochs
+    done: dict[str, int] = {}
     result: dict = {}
 
     def work() -> None:
         try:
-            result["summaries"] = sweep.run_demo(out=str(out), progress=False)
+            result["summaries"] = sweep.run_demo(
+                out=str(out), progress=False,
+                on_epoch=lambda cfg, row: done.__setitem__(cfg.method, int(row["epoch"])))
         except Exception as e:  # re-raised in the script thread below
             result["error"] = e
         finally:
@@ -236,22 +238,15 @@ def train_demo(out: Path) -> None:
         raise RuntimeError("the demo runs are already being trained (another tab asked first); "
                            "reload this page in a minute")
     worker = threading.Thread(target=work, name="ipskit-demo", daemon=True)
-    worker.start()  # it keeps going if this page is left: the runs still get written
+    worker.start()
     bar = st.progress(0.0, text="Starting…")
     while worker.is_alive():
-        done = sum(_count_lines(out / m / ipsruns.METRICS) for m in methods)
-        bar.progress(min(done / total, 1.0), text=f"Training the demo runs: epoch {done} of {total}")
+        n = sum(done.values())
+        bar.progress(min(n / total, 1.0), text=f"Training the demo runs: epoch {n} of {total}")
         worker.join(0.5)
     if "error" in result:
         raise result["error"]
     bar.progress(1.0, text=f"Trained {total} epochs")
-
-
-def _count_lines(path: Path) -> int:
-    try:
-        return sum(1 for line in path.read_text().splitlines() if line.strip())
-    except OSError:
-        return 0
 
 
 # ------------------------------------------------------------------------------------ models
@@ -293,8 +288,9 @@ def run_test_split(config: dict) -> dict:
 
 
 def to_float(x_uint8: np.ndarray) -> torch.Tensor:
-    """uint8 images [B, C, H, W] -> float tensor in [0, 1], what the models take."""
-    return torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div_(255.0)
+    """uint8 images [B, C, H, W] (numpy, as cached) -> float tensor in [0, 1], what the models
+    take."""
+    return to_float01(torch.from_numpy(np.ascontiguousarray(x_uint8)))
 
 
 @st.cache_data(show_spinner="Running the model on the test images…", max_entries=32)
@@ -358,90 +354,3 @@ def cams(run_dir: str | Path, layer: str, x01: torch.Tensor, targets=None) -> np
     t = None if targets is None else tuple(int(v) for v in targets)
     return _cams(str(run_dir), file_stamp(Path(run_dir) / ipsruns.CHECKPOINT), layer,
                  np.ascontiguousarray(x01.detach().float().cpu().numpy()), t)
-
-
-def default_layer(model) -> str:
-    """Name of a model's default Grad-CAM layer (``model.cam_layer``)."""
-    return next(n for n, m in model.named_modules() if m is model.cam_layer)
-
-
-# ------------------------------------------------------------------------------------ uploads
-def read_upload(data: bytes, in_channels: int, size: int, invert: bool = False) -> torch.Tensor:
-    """An uploaded image file as a model input.
-
-    Args:
-        data: the file's bytes (PNG, JPEG, BMP, GIF, WebP ...).
-        in_channels: 1 (greyscale) or 3 (RGB), the model's input channels.
-        size: side in pixels the model was trained at (the image is resized to size x size).
-        invert: 1 - x, for dark ink on light paper when the model saw light ink on dark.
-    Returns:
-        float tensor [1, C, size, size] in [0, 1].
-    Raises:
-        ValueError: too large, or not an image.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
-        raise ValueError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB")
-    try:
-        img = Image.open(io.BytesIO(data))  # reads the header only
-        w, h = img.size
-        if max(w, h) > MAX_UPLOAD_SIDE:
-            raise ValueError(f"the image is {w}x{h} pixels; the limit is {MAX_UPLOAD_SIDE} "
-                             f"pixels a side")
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError):
-        raise ValueError("the file is not an image that can be read (PNG, JPEG, BMP, GIF or "
-                         "WebP are accepted)") from None
-    img = img.convert("L" if in_channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-    x = np.asarray(img, dtype=np.float32) / 255.0
-    x = x[None] if in_channels == 1 else x.transpose(2, 0, 1)  # [C, H, W]
-    if invert:
-        x = 1.0 - x
-    return torch.from_numpy(np.ascontiguousarray(x))[None]  # [1, C, size, size]
-
-
-# ------------------------------------------------------------------------------------ display
-def to_rgb(x01: torch.Tensor) -> np.ndarray:
-    """An image [C, H, W] in [0, 1] (C = 1 or 3) as uint8 RGB [H, W, 3] for ``st.image``."""
-    x = torch.as_tensor(x01).detach().float().cpu().clamp(0, 1)
-    return (x.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-
-
-def upscale(img: np.ndarray, scale: int) -> np.ndarray:
-    """Nearest-neighbour upscaling of an [H, W] or [H, W, 3] image: 16-pixel images stay crisp
-    in the browser, which would otherwise smooth them."""
-    scale = max(int(scale), 1)
-    return np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
-
-
-def outline_cells(rgb: np.ndarray, cells: np.ndarray, scale: int,
-                  color: tuple = (255, 230, 0), thickness: int = 2) -> np.ndarray:
-    """Draw the border of every True cell of a g x g mask on an upscaled image.
-
-    Args:
-        rgb: uint8 [H * scale, W * scale, 3], from :func:`upscale`.
-        cells: bool [g, g], e.g. ``SwapDecision.cells[i]``.
-        scale: the upscaling factor used.
-    Returns:
-        A copy of ``rgb`` with the outlines drawn.
-    """
-    from ipskit.swap import cell_index
-
-    out = rgb.copy()
-    g = cells.shape[0]
-    h, w = rgb.shape[0] // scale, rgb.shape[1] // scale
-    rows, cols = cell_index(h, g).numpy(), cell_index(w, g).numpy()
-    t = thickness
-    for r, c in np.argwhere(cells):
-        rr, cc = np.flatnonzero(rows == r), np.flatnonzero(cols == c)
-        y0, y1, x0, x1 = rr[0] * scale, (rr[-1] + 1) * scale, cc[0] * scale, (cc[-1] + 1) * scale
-        out[y0:y0 + t, x0:x1] = out[y1 - t:y1, x0:x1] = color
-        out[y0:y1, x0:x0 + t] = out[y0:y1, x1 - t:x1] = color
-    return out
-
-
-def with_gap(rgb: np.ndarray, px: int = 8) -> np.ndarray:
-    """White margin on the right of an [H, W, 3] image: ``st.image`` lists draw images edge to
-    edge, and two swapped digits side by side would read as one picture."""
-    return np.pad(rgb, ((0, 0), (0, px), (0, 0)), constant_values=255)

@@ -35,6 +35,7 @@ Usage::
 """
 from __future__ import annotations
 
+import io
 import math
 import tarfile
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ from ipskit.augment import AugmentParams, AugmentSpec, apply_augment, augment_ba
 
 __all__ = ["DATASETS", "AugmentParams", "AugmentSpec", "DatasetBundle", "DatasetUnavailableError", "ImageFileDataset",
            "InMemoryLoader", "TensorImageDataset", "apply_augment", "augment_batch", "draw_augment",
-           "load_dataset", "stratified_split", "to_float01"]
+           "image_from_bytes", "load_dataset", "stratified_split", "to_float01"]
 
 DATASETS = ("digits", "cifar10", "cifar100")  # plus "imagefolder:PATH"
 
@@ -101,18 +102,60 @@ class ImageFileDataset(Dataset):
         return augment_batch(x[None], self.augment)[0], int(self.targets[i])
 
 
+def _fit_image(img: Image.Image, size: int, mode: str) -> torch.Tensor:
+    """Convert to ``mode``, resize the shorter side to ``size``, centre-crop: uint8 ``[C, S, S]``."""
+    img = img.convert(mode)
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    t = torch.from_numpy(np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8).copy())
+    return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
+
+
 def _read_image(path: str, size: int, mode: str) -> torch.Tensor:
-    """Decode, resize the shorter side to ``size``, centre-crop: uint8 ``[C, size, size]``."""
+    """Decode an image file the way ``imagefolder`` data is prepared: uint8 ``[C, size, size]``."""
     with Image.open(path) as img:
-        img = img.convert(mode)
-        w, h = img.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.BILINEAR)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
-    t = torch.from_numpy(arr.copy())
-    return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()  # [C, S, S]
+        return _fit_image(img, size, mode)
+
+
+MAX_IMAGE_BYTES = 5 * 2**20  # image_from_bytes refuses larger files
+MAX_IMAGE_SIDE = 4096        # ... and images wider or taller than this (decompression bombs)
+
+
+def image_from_bytes(data: bytes, in_channels: int, size: int, invert: bool = False,
+                     max_bytes: int = MAX_IMAGE_BYTES, max_side: int = MAX_IMAGE_SIDE) -> torch.Tensor:
+    """An image file's bytes (an upload, say) as one model input, prepared like ``imagefolder``
+    data: shorter side resized to ``size``, centre-cropped.
+
+    Args:
+        data: the file's bytes (PNG, JPEG, BMP, GIF, WebP ...).
+        in_channels: 1 (greyscale) or 3 (RGB), the model's input channels.
+        size: the side in pixels the model was trained at.
+        invert: ``1 - x``, for dark ink on light paper when the model saw light ink on dark
+            (the digits).
+        max_bytes, max_side: larger files or images are refused before they are decoded.
+    Returns:
+        float ``[1, C, size, size]`` in [0, 1].
+    Raises:
+        ValueError: too large, not an image, or an unsupported ``in_channels``.
+    """
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 (greyscale) or 3 (RGB), got {in_channels}")
+    if len(data) > max_bytes:
+        raise ValueError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:g} MB")
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # opening reads the header only
+            w, h = img.size
+            if max(w, h) > max_side:
+                raise ValueError(f"the image is {w}x{h} pixels; the limit is {max_side} pixels a side")
+            img.load()
+            x = to_float01(_fit_image(img, size, "L" if in_channels == 1 else "RGB"))
+    except (OSError, SyntaxError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
+        raise ValueError("the file is not an image that can be read (PNG, JPEG, BMP, GIF or "
+                         "WebP are accepted)") from None
+    return (1.0 - x if invert else x)[None]
 
 
 # ------------------------------------------------------------------ the bundle

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 __all__ = [
+    "confidence_verdict",
     "predict",
     "accuracy",
     "nll",
@@ -386,3 +387,27 @@ def smoothing_report(
             "entropy": _histogram(stats["entropy"], 0.0, math.log(k), bins),
         },
     }
+
+
+def confidence_verdict(mean_max_prob: float, accuracy: float, tolerance: float = 0.02) -> str:
+    """Whether a model is over- or under-confident on average, from its report's numbers.
+
+    ECE cannot tell the two apart; the signed gap ``mean_max_prob - accuracy`` can. Logit
+    smoothing (label smoothing, the KL term of IPS) moves it down: it cures cross-entropy's
+    over-confidence, and too much of it leaves a model under-confident ("over-smoothed").
+
+    Args:
+        mean_max_prob: mean confidence (``calibration_report(...)["mean_max_prob"]``).
+        accuracy: top-1 accuracy in [0, 1] on the same images.
+        tolerance: gaps within ``+-tolerance`` count as calibrated.
+    Returns:
+        ``"over-confident"``, ``"under-confident"`` or ``"calibrated"``.
+    """
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    gap = float(mean_max_prob) - float(accuracy)
+    if gap > tolerance:
+        return "over-confident"
+    if gap < -tolerance:
+        return "under-confident"
+    return "calibrated"

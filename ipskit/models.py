@@ -251,14 +251,18 @@ class Classifier(nn.Module):
         return self._cam_sizes[self._full_name(name)]
 
     @property
-    def cam_layer(self) -> nn.Module:
-        """Default Grad-CAM layer: the deepest candidate whose output is larger than 1x1.
-
-        A 1x1 map gives a constant (uninformative) CAM, e.g. the last stage of ResNet-18 on 8x8.
-        """
+    def cam_layer_name(self) -> str:
+        """Name of the default Grad-CAM layer: the deepest candidate whose output is larger than
+        1x1. A 1x1 map gives a constant (uninformative) CAM, e.g. the last stage of ResNet-18 on
+        8x8."""
         names = self.cam_layer_names()
         good = [n for n in names if min(self._cam_sizes[n]) > 1]
-        return self.get_layer(good[-1] if good else names[0])
+        return good[-1] if good else names[0]
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The default Grad-CAM layer (the module named :attr:`cam_layer_name`)."""
+        return self.get_layer(self.cam_layer_name)
 
     def _full_name(self, name: str) -> str:
         modules = dict(self.named_modules())

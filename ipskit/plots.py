@@ -10,7 +10,9 @@ projection in a lecture room.
 Figures: reliability diagrams (Guo et al. 2017), confidence / entropy histograms, FGSM and
 corruption curves, a class-similarity heatmap, a patch-swap pair with the swapped cells
 outlined (the IPS operation of Choi et al., arXiv 2505.14124), a grid x pr ablation heatmap,
-and training curves.
+and training curves. Pixel helpers for image lists (the explorer's ``st.image``): ``to_rgb``,
+``upscale`` (nearest neighbour, so 16-pixel images stay crisp), ``outline_cells`` (the swapped
+cells of a pair) and ``add_margin``.
 
 Usage::
 
@@ -38,6 +40,10 @@ __all__ = [
     "swap_pair_figure",
     "ablation_heatmap",
     "training_curves",
+    "to_rgb",
+    "upscale",
+    "outline_cells",
+    "add_margin",
 ]
 
 
@@ -332,3 +338,57 @@ def training_curves(runs, keys=("train_loss", "test_loss", "test_acc", "ece"), n
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     return fig
+
+
+# ----- pixel helpers: uint8 RGB arrays for image lists (st.image) ------------------------------
+def to_rgb(x01) -> np.ndarray:
+    """An image ``[C, H, W]`` in [0, 1] (C = 1 or 3) as uint8 RGB ``[H, W, 3]``."""
+    x = torch.as_tensor(x01).detach().float().cpu().clamp(0, 1)
+    if x.dim() != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"expected one image [C, H, W] with C = 1 or 3, got {tuple(x.shape)}")
+    return (x.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def upscale(img: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of an ``[H, W]`` or ``[H, W, 3]`` image by an integer factor:
+    a browser or viewer would blur a 16-pixel image it enlarges."""
+    scale = max(int(scale), 1)
+    return np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+
+
+def outline_cells(rgb: np.ndarray, cells, scale: int = 1, color: tuple = (255, 230, 0),
+                  thickness: int = 2) -> np.ndarray:
+    """Draw the border of every True cell of a g x g mask on an (upscaled) RGB image.
+
+    Cells follow ``ipskit.swap.cell_index``, so a grid that does not divide the image size is
+    outlined exactly as the swap cut it.
+
+    Args:
+        rgb: uint8 ``[H * scale, W * scale, 3]`` (from :func:`to_rgb` and :func:`upscale`).
+        cells: bool ``[g, g]``, e.g. ``SwapDecision.cells[i]``.
+        scale: the upscaling factor applied to the ``H x W`` image.
+        color, thickness: of the outline, in pixels of ``rgb``.
+    Returns:
+        A copy of ``rgb`` with the outlines drawn.
+    """
+    from ipskit.swap import cell_index  # lazy: plots should import without the training core
+
+    cells = np.asarray(cells, dtype=bool)
+    if cells.ndim != 2 or cells.shape[0] != cells.shape[1]:
+        raise ValueError(f"cells must be a square [g, g] mask, got shape {cells.shape}")
+    out = rgb.copy()
+    g, t = cells.shape[0], int(thickness)
+    h, w = rgb.shape[0] // scale, rgb.shape[1] // scale
+    rows, cols = cell_index(h, g).numpy(), cell_index(w, g).numpy()
+    for r, c in np.argwhere(cells):
+        rr, cc = np.flatnonzero(rows == r), np.flatnonzero(cols == c)
+        y0, y1, x0, x1 = rr[0] * scale, (rr[-1] + 1) * scale, cc[0] * scale, (cc[-1] + 1) * scale
+        out[y0:y0 + t, x0:x1] = out[y1 - t:y1, x0:x1] = color
+        out[y0:y1, x0:x0 + t] = out[y0:y1, x1 - t:x1] = color
+    return out
+
+
+def add_margin(rgb: np.ndarray, px: int = 8, value: int = 255) -> np.ndarray:
+    """A white margin on the right of an ``[H, W, 3]`` image, so that images listed edge to edge
+    (two swapped digits, say) do not read as one picture."""
+    return np.pad(rgb, ((0, 0), (0, px), (0, 0)), constant_values=value)

@@ -21,6 +21,7 @@ import csv
 import io
 import itertools
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -28,7 +29,8 @@ from ipskit.config import TrainConfig
 from ipskit.runs import atomic_write_text
 from ipskit.train import fit
 
-__all__ = ["run_sweep", "sweep_cells", "run_demo", "format_table", "DEMO_SETTINGS"]
+__all__ = ["run_sweep", "sweep_cells", "read_results", "cell_summary", "run_demo",
+           "format_table", "DEMO_SETTINGS"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_ce", "train_kd", "train_acc", "test_acc",
                   "test_loss", "ece", "mean_max_prob", "wall_time_s")
@@ -67,7 +69,10 @@ def sweep_cells(values: dict[str, list], sweep_name: str) -> list[tuple[dict, Tr
 
 def _row(point: dict, cfg: TrainConfig, summary: dict) -> dict:
     settings = {"method": cfg.method, "model": cfg.model, "dataset": cfg.dataset,
-                "epochs": cfg.epochs, "seed": cfg.seed, **point}
+                "epochs": cfg.epochs, "seed": cfg.seed}
+    if "ips" in cfg.method:  # IPS's own axes are columns even when the sweep fixes them
+        settings.update(grid=cfg.grid, pr=cfg.pr)
+    settings.update(point)
     return {**settings, **{k: summary.get(k) for k in METRIC_COLUMNS},
             "status": summary.get("status"), "run_dir": summary.get("run_dir")}
 
@@ -109,6 +114,50 @@ def run_sweep(values: dict[str, list], sweep_name: str, csv_path: str | Path | N
     return path
 
 
+def read_results(path: str | Path, axes: tuple[str, ...] = ("grid", "pr")):
+    """A sweep's ``results.csv`` as a pandas DataFrame, one row per run.
+
+    An axis in ``axes`` that the CSV lacks (a table written before every IPS row carried its
+    grid and pr) is filled from each IPS run's ``config.json``; other methods, and runs whose
+    config cannot be read, get a missing value.
+
+    Raises:
+        ValueError: the file is not a table written by ``run_sweep`` (no ``run_dir`` column).
+        OSError, pandas' ParserError / EmptyDataError: the file cannot be read.
+    """
+    import pandas as pd
+
+    from ipskit.runs import CONFIG, read_json
+
+    df = pd.read_csv(path)
+    if "run_dir" not in df.columns:
+        raise ValueError(f"{path} has no run_dir column: not a table written by ipskit sweep")
+    def setting(run_dir, axis):
+        try:
+            cfg = read_json(Path(str(run_dir)) / CONFIG, {}) or {}
+        except (OSError, ValueError):
+            return None
+        return cfg.get(axis) if "ips" in str(cfg.get("method")) else None
+
+    for axis in axes:
+        if axis not in df.columns:
+            df[axis] = [setting(d, axis) for d in df["run_dir"]]
+    return df
+
+
+def cell_summary(df, metric: str, by: tuple[str, ...] = ("grid", "pr")):
+    """Mean, standard deviation (over seeds) and count of ``metric`` per cell of ``by``.
+
+    Rows missing ``metric`` or an axis (unfinished runs, CE baselines) are left out.
+    Returns a DataFrame with the ``by`` columns and ``mean``, ``std``, ``count``.
+    """
+    missing = [c for c in (*by, metric) if c not in df.columns]
+    if missing:
+        raise ValueError(f"the table lacks column(s) {missing}; it has {list(df.columns)}")
+    return (df.dropna(subset=[*by, metric]).groupby(list(by))[metric]
+            .agg(["mean", "std", "count"]).reset_index())
+
+
 # ----- demo -----------------------------------------------------------------------------------
 # Chosen so that both runs together take about a minute on 2 CPU cores (measured in the
 # report of the training issue) while IPS has enough epochs for the KL term to matter.
@@ -125,7 +174,8 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 
 
 def run_demo(out: str = "runs/demo", epochs: int | None = None, seed: int = 0,
-             overwrite: bool = False, progress: bool = True, **settings) -> list[dict]:
+             overwrite: bool = False, progress: bool = True,
+             on_epoch: Callable[[TrainConfig, dict], None] | None = None, **settings) -> list[dict]:
     """Train ``ce`` and ``ips`` on digits under one recipe and print a comparison table.
 
     The runs are ``<out>/ce`` and ``<out>/ips``; runs that already finished are reused unless
@@ -134,6 +184,8 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, seed: int = 0,
     Args:
         out: folder of the two runs. epochs: override DEMO_SETTINGS' epochs. seed: of both.
         overwrite: retrain existing runs. progress: progress bars.
+        on_epoch: passed to :func:`ipskit.train.fit` for both runs (``on_epoch(cfg, row)``;
+            ``cfg.method`` says which run).
         settings: other TrainConfig fields to override (e.g. a smaller model for tests).
     Returns:
         The two summaries (with ``run_dir``).
@@ -145,7 +197,8 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, seed: int = 0,
     for method in ("ce", "ips"):
         cfg = TrainConfig(method=method, out_dir=str(out.parent), name=f"{out.name}/{method}",
                           **settings)
-        summaries.append(fit(cfg, resume=not overwrite, overwrite=overwrite, progress=progress))
+        summaries.append(fit(cfg, resume=not overwrite, overwrite=overwrite, progress=progress,
+                             on_epoch=on_epoch))
     rows = [{**s, "test_acc_pct": 100 * s["test_acc"]} for s in summaries]
     print()
     print(format_table(rows, [("method", "method", "s"), ("test_acc_pct", "test acc %", ".2f"),

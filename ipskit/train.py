@@ -31,6 +31,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ from ipskit import runs
 from ipskit.config import TrainConfig
 from ipskit.methods import Method, build_method
 
-__all__ = ["fit", "train_one_epoch", "evaluate", "resolve_device", "lr_factor", "derive_seed",
+__all__ = ["fit", "fit_or_reuse", "train_one_epoch", "evaluate", "resolve_device", "lr_factor", "derive_seed",
            "prepare_data", "TrainData"]
 
 # Settings that may differ on resume: where and how fast, not what is computed.
@@ -394,7 +395,7 @@ def _log_line(cfg: TrainConfig, row: dict) -> str:
 
 
 def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-        verbose: bool = True) -> dict:
+        verbose: bool = True, on_epoch: Callable[[TrainConfig, dict], None] | None = None) -> dict:
     """Train a model as ``cfg`` says and write its run folder.
 
     Args:
@@ -403,6 +404,10 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
             already finished is returned as is; a folder without a checkpoint starts over.
         overwrite: delete an existing run folder of the same name first.
         progress: tqdm bars; verbose: one printed line per epoch.
+        on_epoch: called as ``on_epoch(cfg, row)`` after every epoch, once the epoch's
+            checkpoint and ``metrics.jsonl`` row are written (rank 0 only); ``row`` is that
+            metrics row (``row["epoch"]`` of ``cfg.epochs``). For progress displays (the
+            explorer's demo button) and early looks at the curves.
     Returns:
         The summary dict (as in summary.json) plus ``run_dir``.
     """
@@ -411,13 +416,32 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
     world, rank, local, owns_pg = _init_distributed(cfg.device)
     try:
         return _fit(cfg, resume, overwrite, progress and rank == 0, verbose and rank == 0,
-                    world, rank, local)
+                    world, rank, local, on_epoch if rank == 0 else None)
     finally:
         if owns_pg:
             dist.destroy_process_group()
 
 
-def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local) -> dict:
+def fit_or_reuse(cfg: TrainConfig, **fit_kwargs) -> Path:
+    """The run folder of ``cfg``, trained only if no finished run is there yet.
+
+    A folder whose ``summary.json`` says ``"finished"`` is returned as it is, whatever settings
+    it was trained with (its ``config.json`` says what it is): this is how the notebooks share
+    runs with ``ipskit demo``, ``ipskit sweep`` and each other without retraining. Otherwise
+    ``fit(cfg, resume=True, **fit_kwargs)`` trains it, continuing from a checkpoint if one is
+    there. Use :func:`fit` when the settings must match exactly.
+    """
+    run_dir = Path(cfg.out_dir) / cfg.run_name
+    try:
+        finished = (runs.read_json(run_dir / runs.SUMMARY, {}) or {}).get("status") == "finished"
+    except ValueError:  # a torn summary: train (resume) instead
+        finished = False
+    if finished:
+        return run_dir
+    return Path(fit(cfg, resume=True, **fit_kwargs)["run_dir"])
+
+
+def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch) -> dict:
     from ipskit import __version__
     from ipskit.models import build_model
 
@@ -508,6 +532,8 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local) -> dict:
                 runs.atomic_write_jsonl(run_dir / runs.METRICS, history)
             if verbose:
                 tqdm.write(_log_line(cfg, row))
+            if on_epoch is not None:
+                on_epoch(cfg, row)
     except FloatingPointError as e:
         if rank == 0:
             runs.atomic_write_json(run_dir / runs.SUMMARY, {"status": "failed", "error": str(e),

@@ -352,3 +352,41 @@ def test_cifar_from_extracted_folder(tmp_path, monkeypatch):
     assert b.augment == AugmentSpec(crop_padding=4, flip=True)
     small = load_dataset("cifar10", root=tmp_path, image_size=16, download=False)
     assert small.train_x.shape == (20, 3, 16, 16) and small.augment.crop_padding == 2
+
+
+# ------------------------------------------------------------------ one image from bytes (uploads)
+def _png(img: Image.Image) -> bytes:
+    import io
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_image_from_bytes_prepares_one_model_input():
+    from ipskit.data import image_from_bytes
+
+    arr = np.zeros((40, 80, 3), np.uint8)
+    arr[:, 10:70] = 255  # a white centre band, wider than the centre crop
+    x = image_from_bytes(_png(Image.fromarray(arr)), in_channels=3, size=8)
+    assert x.shape == (1, 3, 8, 8) and x.dtype == torch.float32
+    assert float(x.min()) > 0.95  # shorter side to 8 (16x8), centre 8x8 crop: all band
+    assert float(image_from_bytes(_png(Image.fromarray(255 - arr)), 3, 8).max()) < 0.05
+    grey = image_from_bytes(_png(Image.fromarray(arr)), in_channels=1, size=8, invert=True)
+    assert grey.shape == (1, 1, 8, 8) and float(grey.max()) < 0.05
+
+
+@pytest.mark.parametrize("data, kwargs, message", [
+    (b"not an image at all", {}, "not an image that can be read"),
+    (b"\0" * (3 * 2**19), {"max_bytes": 2**20}, "the file is 1.5 MB; the limit is 1 MB"),
+    ("wide", {"max_side": 64}, "100x10 pixels; the limit is 64 pixels a side"),
+    ("wide", {"in_channels": 4}, "in_channels must be 1"),
+])
+def test_image_from_bytes_refuses_bad_files_in_one_line(data, kwargs, message):
+    from ipskit.data import image_from_bytes
+
+    if data == "wide":
+        data = _png(Image.new("RGB", (100, 10)))
+    kwargs = {"in_channels": 3, "size": 8, **kwargs}
+    with pytest.raises(ValueError, match=message) as e:
+        image_from_bytes(data, **kwargs)
+    assert "\n" not in str(e.value)

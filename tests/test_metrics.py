@@ -210,3 +210,13 @@ def test_topk_and_bins_errors():
     with pytest.raises(ValueError, match="n_bins must be an integer >= 1"):
         M.reliability_data(logits, labels, n_bins=0)
     assert M.calibration_report(logits, labels)["top5"] is None
+
+
+@pytest.mark.parametrize("conf, acc, verdict", [(0.99, 0.90, "over-confident"),
+                                                (0.80, 0.95, "under-confident"),
+                                                (0.91, 0.90, "calibrated"),
+                                                (0.885, 0.90, "calibrated")])
+def test_confidence_verdict(conf, acc, verdict):
+    assert M.confidence_verdict(conf, acc, tolerance=0.02) == verdict
+    with pytest.raises(ValueError, match="tolerance must be >= 0"):
+        M.confidence_verdict(conf, acc, tolerance=-0.1)

@@ -3,6 +3,7 @@
 import io
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -91,3 +92,26 @@ def test_swap_pair_figure(channels):
     assert sum(len(ax.patches) for ax in fig.axes) == 4 * n_cells  # every swapped cell outlined in 4 panels
     with pytest.raises(ValueError, match="decision is for 3 pairs but the batch holds 2"):
         plots.swap_pair_figure(x_a[:2], x_b[:2], out_a[:2], out_b[:2], decision)
+
+
+def test_pixel_helpers_for_image_lists():
+    x = torch.zeros(1, 3, 5)
+    x[0, 1, 2] = 1.0
+    rgb = plots.to_rgb(x)
+    assert rgb.shape == (3, 5, 3) and rgb.dtype == np.uint8 and rgb[1, 2].tolist() == [255] * 3
+    with pytest.raises(ValueError, match="C = 1 or 3"):
+        plots.to_rgb(torch.zeros(2, 4, 4))
+    big = plots.upscale(rgb, 4)
+    assert big.shape == (12, 20, 3) and (big[4:8, 8:12] == 255).all() and big[0:4, 8:12].max() == 0
+    # 5 columns on a 2 x 2 grid: cell_index gives columns 0-2 to cell 0 and 3-4 to cell 1
+    cells = np.array([[False, True], [False, False]])
+    out = plots.outline_cells(np.zeros((6 * 2, 5 * 2, 3), np.uint8), cells, scale=2,
+                              color=(255, 0, 0), thickness=1)
+    red = (out == [255, 0, 0]).all(axis=2)
+    rows, cols = np.nonzero(red)
+    assert cols.min() == 6 and cols.max() == 9 and rows.min() == 0 and rows.max() == 5
+    assert not red[1:5, 7:9].any()  # only the border is drawn
+    with pytest.raises(ValueError, match="square"):
+        plots.outline_cells(out, np.zeros((2, 3), bool))
+    padded = plots.add_margin(rgb, px=4)
+    assert padded.shape == (3, 9, 3) and (padded[:, 5:] == 255).all()

@@ -6,7 +6,7 @@ import pytest
 import ipskit.train as T
 from ipskit.cli import main
 from ipskit.runs import list_runs
-from ipskit.sweep import format_table, run_demo, run_sweep, sweep_cells
+from ipskit.sweep import cell_summary, format_table, read_results, run_demo, run_sweep, sweep_cells
 from train_helpers import cache_datasets
 
 TINY = dict(model=["smallcnn"], image_size=[8], epochs=[1], batch_size=[32],
@@ -80,3 +80,37 @@ def test_format_table():
     t = format_table([{"a": "x", "b": 0.12345}, {"a": "y", "b": None}],
                      [("a", "A", "s"), ("b", "B", ".2f")])
     assert t.splitlines() == ["| A | B |", "| --- | --- |", "| x | 0.12 |", "| y | - |"]
+
+
+def test_results_table_carries_ips_axes_and_summarises_cells(tmp_path):
+    values = {**TINY, "method": ["ips"], "pr": [0.5], "seed": [0, 1], "out_dir": [str(tmp_path)]}
+    path = run_sweep(values, "fixed", progress=False)
+    df = read_results(path)
+    # grid and pr were fixed by the sweep, yet every IPS row names them
+    assert list(df["grid"]) == [2, 2] and list(df["pr"]) == [0.5, 0.5]
+    cells = cell_summary(df, "test_acc")
+    assert len(cells) == 1 and int(cells["count"][0]) == 2
+    assert cells["mean"][0] == pytest.approx(df["test_acc"].mean())
+    assert cells["std"][0] == pytest.approx(df["test_acc"].std())
+
+    # a table without the axes (an older sweep): read_results fills them from config.json
+    df.drop(columns=["grid", "pr"]).to_csv(tmp_path / "old.csv", index=False)
+    old = read_results(tmp_path / "old.csv")
+    assert list(old["grid"]) == [2, 2] and list(old["pr"]) == [0.5, 0.5]
+    with pytest.raises(ValueError, match="lacks column"):
+        cell_summary(old, "no_such_metric")
+    (tmp_path / "foreign.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a table written by ipskit sweep"):
+        read_results(tmp_path / "foreign.csv")
+
+
+def test_demo_reports_every_epoch_to_on_epoch(tmp_path):
+    seen = []
+    run_demo(out=str(tmp_path / "demo"), epochs=2, progress=False, model="smallcnn",
+             image_size=8, max_train_samples=200,
+             on_epoch=lambda cfg, row: seen.append((cfg.method, row["epoch"])))
+    assert seen == [("ce", 1), ("ce", 2), ("ips", 1), ("ips", 2)]
+    seen.clear()
+    run_demo(out=str(tmp_path / "demo"), epochs=2, progress=False, model="smallcnn",
+             image_size=8, max_train_samples=200, on_epoch=lambda cfg, row: seen.append(cfg))
+    assert seen == []  # both runs finished: reused, nothing trained

@@ -25,8 +25,12 @@ def _metrics(run_dir):
 
 
 def test_run_folder_contract(tmp_path):
-    s = fit(tiny(tmp_path, method="ips", epochs=2), progress=False, verbose=False)
     run_dir = tmp_path / "ips-digits-smallcnn-s0"
+    on_disk = []  # on_epoch fires once the epoch's row is in metrics.jsonl
+    s = fit(tiny(tmp_path, method="ips", epochs=2), progress=False, verbose=False,
+            on_epoch=lambda cfg, row: on_disk.append(
+                (cfg.epochs, row["epoch"], runs.load_run(run_dir)["metrics"][-1] == row)))
+    assert on_disk == [(2, 1, True), (2, 2, True)]
     assert s["run_dir"] == str(run_dir) and s["status"] == "finished"
     cfg = json.loads((run_dir / "config.json").read_text())
     for key in ("dataset", "model", "method", "seed", "epochs", "grid", "pr", "temperature",
@@ -203,3 +207,20 @@ def test_data_loader_path_equals_the_fast_path(tmp_path):
     fit(fast, progress=False, verbose=False)
     fit(fast.replace(fast_path=False, name="slow"), progress=False, verbose=False)
     assert _metrics(tmp_path / "fast") == _metrics(tmp_path / "slow")
+
+
+def test_fit_or_reuse_returns_a_finished_run_whatever_its_settings(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, name="shared")
+    run_dir = T.fit_or_reuse(cfg, progress=False, verbose=False)
+    assert run_dir == tmp_path / "shared" and (run_dir / "summary.json").exists()
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+    monkeypatch.setattr(T, "fit", no_training)
+    # other settings, same folder: reused as it is (fit would refuse to resume it)
+    assert T.fit_or_reuse(tiny(tmp_path, name="shared", lr=0.2)) == run_dir
+    monkeypatch.undo()
+    (run_dir / "summary.json").unlink()  # interrupted: resumed from its checkpoint
+    cache_datasets(monkeypatch)
+    assert T.fit_or_reuse(cfg, progress=False, verbose=False) == run_dir
+    assert (run_dir / "summary.json").exists()

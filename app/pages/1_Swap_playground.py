@@ -129,7 +129,7 @@ def main() -> None:
         st.pyplot(fig, width="stretch")
     if show_mask:
         mask = decision.pixel_mask(h, w)[0, 0].numpy().astype(np.uint8) * 255  # [H, W]
-        st.image(common.upscale(mask, 160 // max(h, w) or 1),
+        st.image(plots.upscale(mask, 160 // max(h, w) or 1),
                  caption="swap mask: white pixels come from the partner image")
 
     if not runs:

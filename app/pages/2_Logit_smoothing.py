@@ -14,9 +14,13 @@ import torch
 
 import common
 from ipskit import plots
-from ipskit.metrics import class_similarity
+from ipskit.metrics import class_similarity, confidence_verdict
 
 GAP = 0.02  # |confidence - accuracy| above this is called over- or under-confident
+VERDICTS = {"over-confident": "over-confident (predictions sharper than its accuracy)",
+            "under-confident": "under-confident: **over-smoothed**, its predictions are flatter "
+                               "than its accuracy justifies",
+            "calibrated": "about calibrated"}
 
 
 def main() -> None:
@@ -88,13 +92,7 @@ def story(rows: list[dict]) -> str:
     """Two or three sentences reading the table: who is over- or under-confident, and why."""
     parts = []
     for r in rows:
-        gap = r["confidence - accuracy"]
-        if gap > GAP:
-            verdict = "over-confident (predictions sharper than its accuracy)"
-        elif gap < -GAP:
-            verdict = "under-confident: **over-smoothed**, its predictions are flatter than its accuracy justifies"
-        else:
-            verdict = "about calibrated"
+        verdict = VERDICTS[confidence_verdict(r["mean max-prob"], r["accuracy"], GAP)]
         parts.append(f"**{r['run']}** ({r['method']}) is {verdict}: mean max-probability "
                      f"{r['mean max-prob']:.3f} at accuracy {r['accuracy']:.3f}.")
     ce = [r for r in rows if r["method"] == "ce"]

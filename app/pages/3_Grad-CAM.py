@@ -12,7 +12,9 @@ import streamlit as st
 import torch
 
 import common
+from ipskit import plots
 from ipskit.cam import cam_mass_in_mask, overlay
+from ipskit.data import MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, image_from_bytes
 from ipskit.swap import apply_swap, draw_swap
 
 
@@ -45,7 +47,7 @@ def main() -> None:
     with st.sidebar:
         for side, (run, model, _) in zip(("left", "right"), models):
             names = model.cam_layer_names()
-            default = common.default_layer(model)
+            default = model.cam_layer_name
             layers.append(st.selectbox(f"Grad-CAM layer, {side}", names, index=names.index(default)
                                        if default in names else len(names) - 1,
                                        key=f"cam_layer_{side}",
@@ -79,10 +81,10 @@ def show_rows(ctx: dict, x01: torch.Tensor, labels, target: str, cells=None,
         names: captions of the input row (default: the class).
     """
     classes, scale = ctx["classes"], ctx["scale"]
-    outline = (lambda img, i: common.with_gap(img)) if cells is None else (
-        lambda img, i: common.with_gap(common.outline_cells(img, cells[i], scale)))
+    outline = (lambda img, i: plots.add_margin(img)) if cells is None else (
+        lambda img, i: plots.add_margin(plots.outline_cells(img, cells[i], scale)))
     st.markdown("**input**")
-    st.image([outline(common.upscale(common.to_rgb(x), scale), i) for i, x in enumerate(x01)],
+    st.image([outline(plots.upscale(plots.to_rgb(x), scale), i) for i, x in enumerate(x01)],
              caption=names or [f"class {classes[int(y)]}" if y is not None else "" for y in labels])
     all_maps = []
     for (run, model, _), layer in zip(ctx["models"], ctx["layers"]):
@@ -93,7 +95,7 @@ def show_rows(ctx: dict, x01: torch.Tensor, labels, target: str, cells=None,
         all_maps.append(maps)
         st.markdown(f"**{run['name']}** ({run.get('method')}, layer `{layer}`)")
         pred = probs.argmax(dim=1)
-        st.image([outline(common.upscale(overlay(x, torch.from_numpy(m), ctx["alpha"]), scale), i)
+        st.image([outline(plots.upscale(overlay(x, torch.from_numpy(m), ctx["alpha"]), scale), i)
                   for i, (x, m) in enumerate(zip(x01, maps))],
                  caption=[f"pred {classes[int(p)]} ({float(q.max()):.2f})" for p, q in zip(pred, probs)])
     return all_maps
@@ -150,7 +152,8 @@ def upload(ctx: dict, config: dict) -> None:
     _, model, _ = ctx["models"][0]
     st.write(f"Any image is turned into the models' input: "
              f"{'greyscale' if model.in_channels == 1 else 'RGB'}, resized to "
-             f"{model.image_size}x{model.image_size} pixels (up to {common.MAX_UPLOAD_MB} MB).")
+             f"{model.image_size}x{model.image_size} pixels (up to "
+             f"{MAX_IMAGE_BYTES // 2**20} MB and {MAX_IMAGE_SIDE} pixels a side).")
     file = st.file_uploader("Upload an image", type=["png", "jpg", "jpeg", "bmp", "gif", "webp"],
                             key="cam_upload")
     invert = st.checkbox("Invert (dark ink on light paper; digits were trained light on dark)",
@@ -158,7 +161,7 @@ def upload(ctx: dict, config: dict) -> None:
     if file is None:
         return
     try:
-        x = common.read_upload(file.getvalue(), model.in_channels, model.image_size, invert)
+        x = image_from_bytes(file.getvalue(), model.in_channels, model.image_size, invert)
     except ValueError as e:
         st.error(f"Cannot use {file.name}: {common.one_line(e)}")
         return

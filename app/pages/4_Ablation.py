@@ -2,8 +2,8 @@
 
 Part of the ipskit explorer (``streamlit run app/Home.py``). Reads the tidy CSV that
 ``ipskit sweep`` writes (``runs/<sweep>/results.csv``: one row per run with its settings, its
-last-epoch metrics and its folder), averages a metric over seeds for every (grid, pr) cell and
-draws the heatmap (click a cell, or pick it below) of the two axes the IPS paper (Choi et al.,
+last-epoch metrics and its folder; ``ipskit.sweep.read_results``), averages a metric over seeds
+for every (grid, pr) cell (``ipskit.sweep.cell_summary``) and draws the heatmap (click a cell, or pick it below) of the two axes the IPS paper (Choi et al.,
 arXiv 2505.14124) studies; the runs behind a cell link to the Runs page.
 """
 from pathlib import Path
@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 import common
+from ipskit.sweep import cell_summary, read_results
 
 METRICS = {"test_acc": "test accuracy", "ece": "ECE", "mean_max_prob": "mean max-prob",
            "test_loss": "test NLL", "train_loss": "train loss"}
@@ -20,20 +21,8 @@ METRICS = {"test_acc": "test accuracy", "ece": "ECE", "mean_max_prob": "mean max
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def load_sweep(path: str, stamp: int) -> pd.DataFrame:
-    """A sweep CSV; axes the sweep held fixed (so not in the CSV) come from each run's config."""
-    df = pd.read_csv(path)
-    if "run_dir" not in df.columns:
-        raise ValueError(f"{path} has no run_dir column: not a table written by ipskit sweep")
-    for axis in ("grid", "pr"):
-        if axis not in df.columns:
-            values = []
-            for run_dir in df["run_dir"]:
-                try:
-                    values.append((common.load_run(run_dir)["config"] or {}).get(axis))
-                except (OSError, ValueError, TypeError):
-                    values.append(None)
-            df[axis] = values
-    return df
+    """``ipskit.sweep.read_results`` of a sweep CSV, cached until the file changes."""
+    return read_results(path)
 
 
 def run_name(run_dir: str) -> str | None:
@@ -75,8 +64,7 @@ def main() -> None:
         else:
             baseline = df.iloc[:0]
     st.caption(f"`{path}`: {len(df)} run(s); each cell is the mean over its seeds.")
-    cells = (df.dropna(subset=["grid", "pr", metric]).groupby(["grid", "pr"])[metric]
-             .agg(["mean", "std", "count"]).reset_index())
+    cells = cell_summary(df, metric)
     if cells.empty:
         st.warning("No finished run with a grid and a pr in this table yet.")
         return
