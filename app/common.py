@@ -162,7 +162,7 @@ def run_label(run: dict) -> str:
     acc = run.get("test_acc")
     acc_s = f"acc {acc:.3f}" if isinstance(acc, (int, float)) else run.get("status", "")
     cfg = run.get("config") or {}
-    extra = f", grid {cfg.get('grid')}, pr {cfg.get('pr')}" if "ips" in str(run.get("method")) else ""
+    extra = f", grid {run['grid']}, pr {run['pr']}" if run.get("grid") is not None else ""
     return f"{run['name']} · {run.get('method')}{extra} · {run.get('model')} · {acc_s}"
 
 

@@ -27,6 +27,13 @@ __all__ = ["TrainConfig", "METHOD_NAMES", "MIXERS", "SCHEDULES", "KD_DIRECTIONS"
 MIXERS = ("cutmix", "mixup", "cutout")
 METHOD_NAMES = ("ce", "ips", "label_smoothing", "cskd", *MIXERS, *(f"ips+{m}" for m in MIXERS))
 SCHEDULES = ("cosine", "step")
+
+
+def swaps_patches(method) -> bool:
+    """Whether a method name is IPS or IPS plus a mixer, i.e. uses ``grid`` and ``pr``."""
+    return method == "ips" or str(method).startswith("ips+")
+
+
 KD_DIRECTIONS = ("symmetric", "confident")  # as ipskit.losses.KD_DIRECTIONS
 NOISE_KINDS = ("symmetric", "pairflip")  # as ipskit.noise.NOISE_KINDS
 

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from ipskit.config import swaps_patches
 from ipskit.losses import ips_loss, kl_divergence
 from ipskit.pairs import split_pair
 from ipskit.swap import patch_swap
@@ -298,7 +299,7 @@ def build_method(cfg, num_classes: int, image_size: int, fill: Sequence[float] |
         return Mixed(_mixer(name, cfg, num_classes, image_size, fill))
     if name == "cskd":
         return CSKD(cfg.cskd_temperature, cfg.cskd_lambda)
-    if name == "ips" or name.startswith("ips+"):
+    if swaps_patches(name):
         mixer = _mixer(name[4:], cfg, num_classes, image_size, fill) if "+" in name else None
         loss_kwargs = dict(temperature=cfg.temperature, alpha=cfg.alpha, gamma=cfg.gamma,
                            kd_direction=cfg.kd_direction, detach_target=cfg.detach_target,

@@ -273,10 +273,10 @@ def swap_pair_figure(x_a, x_b, out_a, out_b, decision, max_pairs: int = 4) -> Fi
             for r, c in decision.cells[i].nonzero().tolist():  # outline every exchanged cell
                 r0, c0 = rows.index(r), cols.index(c)
                 hh, ww = rows.count(r), cols.count(c)
-                ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), ww, hh, facecolor="none",
+                ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), ww, hh, facecolor=(1.0, 0.23, 0.19, 0.22),
                                        edgecolor="#ff3b30", linewidth=1.6))
         axes[i, 3].set_xlabel(status)
-    fig.suptitle(f"Intra-class patch swap, grid {decision.grid}x{decision.grid} (outlined: exchanged cells)")
+    fig.suptitle(f"Intra-class patch swap, grid {decision.grid}x{decision.grid} (tinted and outlined: exchanged cells)")
     return fig
 
 

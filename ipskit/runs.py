@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from ipskit.config import swaps_patches
+
 __all__ = ["CONFIG", "METRICS", "SUMMARY", "ENV", "CHECKPOINT", "EVAL", "atomic_write",
            "atomic_write_text", "atomic_write_json", "atomic_write_jsonl", "atomic_torch_save",
            "read_json", "load_checkpoint", "load_run", "list_runs", "load_model"]
@@ -142,7 +144,8 @@ def list_runs(root: str | os.PathLike = "runs") -> list[dict]:
         list of dicts: ``name`` (path relative to root), ``path``, ``method``, ``model``,
         ``dataset``, ``seed``, ``epochs``, ``epochs_done``, ``status`` ("finished", "failed",
         or "unfinished" while training or after an interruption), ``test_acc`` and ``ece`` of the last epoch (None
-        before the first), and the full ``config`` and ``summary``.
+        before the first), ``grid`` and ``pr`` (None for methods that swap no patches), and the
+        full ``config`` and ``summary``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -162,6 +165,7 @@ def list_runs(root: str | os.PathLike = "runs") -> list[dict]:
             "epochs_done": len(metrics),
             "status": summary.get("status", "unfinished"),
             "test_acc": last.get("test_acc"), "ece": last.get("ece"),
+            **{k: cfg.get(k) if swaps_patches(cfg.get("method")) else None for k in ("grid", "pr")},
             "config": cfg, "summary": summary,
         })
     return out

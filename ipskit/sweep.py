@@ -25,7 +25,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from ipskit.config import TrainConfig
+from ipskit.config import TrainConfig, swaps_patches
 from ipskit.runs import atomic_write_text
 from ipskit.train import fit
 
@@ -70,7 +70,7 @@ def sweep_cells(values: dict[str, list], sweep_name: str) -> list[tuple[dict, Tr
 def _row(point: dict, cfg: TrainConfig, summary: dict) -> dict:
     settings = {"method": cfg.method, "model": cfg.model, "dataset": cfg.dataset,
                 "epochs": cfg.epochs, "seed": cfg.seed}
-    if "ips" in cfg.method:  # IPS's own axes are columns even when the sweep fixes them
+    if swaps_patches(cfg.method):  # IPS's own axes are columns even when the sweep fixes them
         settings.update(grid=cfg.grid, pr=cfg.pr)
     settings.update(point)
     return {**settings, **{k: summary.get(k) for k in METRIC_COLUMNS},
@@ -137,7 +137,7 @@ def read_results(path: str | Path, axes: tuple[str, ...] = ("grid", "pr")):
             cfg = read_json(Path(str(run_dir)) / CONFIG, {}) or {}
         except (OSError, ValueError):
             return None
-        return cfg.get(axis) if "ips" in str(cfg.get("method")) else None
+        return cfg.get(axis) if swaps_patches(cfg.get("method")) else None
 
     for axis in axes:
         if axis not in df.columns:

@@ -241,6 +241,23 @@ def test_ablation_heatmap_and_the_runs_behind_a_cell(app):
     assert_clean(at, "Ablation")
 
 
+def test_ablation_takes_its_baseline_from_the_sibling_ce_table(app, runs_root):
+    base = runs_root / "sweep-ce" / "results.csv"  # what notebook 4 writes next to its sweep
+    base.parent.mkdir()
+    try:
+        base.write_text(f"method,seed,test_acc,ece,run_dir\nce,0,0.25,0.1,{runs_root / 'demo' / 'ce'}\n"
+                        f"ce,1,0.75,0.2,{runs_root / 'demo' / 'ce'}\n")
+        at = app("pages/4_Ablation.py")
+        assert_clean(at, "Ablation")
+        assert at.selectbox(key="abl_base").value == base  # picked by default
+        assert "Baseline ce: test accuracy 0.5000 (mean of 2 run(s))." in texts(at).replace("**", "")
+        at.selectbox(key="abl_base").select_index(0).run()  # "none"
+        assert_clean(at, "Ablation")
+        assert "Baseline ce" not in texts(at).replace("**", "")
+    finally:
+        shutil.rmtree(base.parent)
+
+
 # ----------------------------------------------------------------------------- runs
 def test_runs_page_selection_paths_and_links(app, runs_root, tmp_path):
     at = app("pages/5_Runs.py")

@@ -57,6 +57,13 @@ def test_load_run_and_list_runs(trained, tmp_path):
     r = listed[0]
     assert r["method"] == "ips" and r["epochs_done"] == 1 and r["status"] == "finished"
     assert r["test_acc"] == run["metrics"][-1]["test_acc"]
+    assert (r["grid"], r["pr"]) == (2, cfg.pr)
+    # a method that swaps no patches lists no grid or pr, whatever its config holds
+    ce_dir = tmp_path / "ce"
+    ce_dir.mkdir()
+    runs.atomic_write_json(ce_dir / runs.CONFIG, {**run["config"], "method": "ce"})
+    (ce_row,) = runs.list_runs(tmp_path)
+    assert ce_row["method"] == "ce" and (ce_row["grid"], ce_row["pr"]) == (None, None)
     assert runs.list_runs(tmp_path / "nothing here") == []
     with pytest.raises(FileNotFoundError, match="is not an ipskit run: no config.json"):
         runs.load_run(tmp_path)

@@ -55,9 +55,7 @@ def main() -> None:
             continue
         logits_by_run[name], reps[name], classes = out["logits"], rep, out["classes"]
         cal, smooth = rep["calibration"], rep["smoothing"]["overall"]
-        cfg = run.get("config") or {}
-        rows.append({"run": name, "method": run.get("method"),
-                     "pr": cfg.get("pr") if "ips" in str(run.get("method")) else None,
+        rows.append({"run": name, "method": run.get("method"), "pr": run.get("pr"),
                      "test images": cal["n"], "accuracy": cal["top1"], "ECE": cal["ece"],
                      "mean max-prob": cal["mean_max_prob"], "mean entropy": smooth["entropy"],
                      "confidence - accuracy": cal["mean_max_prob"] - cal["top1"]})

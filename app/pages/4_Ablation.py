@@ -63,14 +63,25 @@ def main() -> None:
             df = df[df["method"] == method]
         else:
             baseline = df.iloc[:0]
+        # a baseline sweep of its own, e.g. the "<sweep>-ce" table notebook 4 writes
+        others = [c for c in csvs if c != path]
+        sibling = next((i + 1 for i, c in enumerate(others) if c.parent.name == f"{path.parent.name}-ce"), 0)
+        extra = st.selectbox("Baseline table (optional)", [None, *others], index=sibling, key="abl_base",
+                             format_func=lambda p: "none" if p is None else p.relative_to(root).as_posix())
+    if extra is not None:
+        try:
+            baseline = pd.concat([baseline, load_sweep(str(extra), common.file_stamp(extra))])
+        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            st.error(f"Cannot read the baseline table {extra}: {common.one_line(e)}")
     st.caption(f"`{path}`: {len(df)} run(s); each cell is the mean over its seeds.")
     cells = cell_summary(df, metric)
     if cells.empty:
         st.warning("No finished run with a grid and a pr in this table yet.")
         return
-    for m, group in baseline.groupby("method"):
-        st.write(f"Baseline **{m}**: {METRICS[metric]} {group[metric].mean():.4f} "
-                 f"(mean of {group[metric].notna().sum()} run(s)).")
+    if metric in baseline:
+        for m, group in baseline.groupby("method"):
+            st.write(f"Baseline **{m}**: {METRICS[metric]} {group[metric].mean():.4f} "
+                     f"(mean of {group[metric].notna().sum()} run(s)).")
 
     clicked = heatmap(cells, metric)
     labels = {f"grid {g:g}, pr {p:g}": (float(g), float(p)) for g, p in zip(cells["grid"], cells["pr"])}

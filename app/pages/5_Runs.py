@@ -26,7 +26,7 @@ def main() -> None:
     st.dataframe(pd.DataFrame([{
         "run": r["name"], "method": r.get("method"), "model": r.get("model"),
         "dataset": r.get("dataset"), "seed": r.get("seed"),
-        "grid": (r.get("config") or {}).get("grid"), "pr": (r.get("config") or {}).get("pr"),
+        "grid": r.get("grid"), "pr": r.get("pr"),
         "epochs": f"{r.get('epochs_done')}/{r.get('epochs')}", "test acc": r.get("test_acc"),
         "ECE": r.get("ece"), "status": r.get("status")} for r in runs]),
         hide_index=True, width="stretch")
