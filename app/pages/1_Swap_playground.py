@@ -114,7 +114,7 @@ def main() -> None:
     cell_list = ", ".join(f"({r},{c})" for r, c in np.argwhere(cells).tolist())
     if swapped:
         st.markdown(f"Seed {seed} drew **swap**: {int(cells.sum())} of {grid * grid} cells "
-                    f"exchanged at the same positions (outlined).")
+                    f"exchanged at the same positions (tinted and outlined).")
     else:
         st.markdown(f"Seed {seed} drew **no swap** for this pair (each pair is swapped with "
                     f"probability pr = {pr:.2f}); it still enters the loss as a plain "
