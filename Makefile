@@ -23,8 +23,8 @@ test: setup browser  ## the whole test suite (CPU, no network)
 app: setup           ## the Streamlit explorer on http://localhost:8501
 	$(BIN)/streamlit run app/Home.py
 
-lab: setup           ## JupyterLab on the tutorial notebooks
-	$(BIN)/jupyter lab notebooks/
+lab: setup           ## JupyterLab on the tutorial notebooks (Jupyter refuses root unless told)
+	$(BIN)/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 bench: setup         ## speed benchmarks whose numbers are in the README
 	$(BIN)/python benchmarks/bench_swap.py
