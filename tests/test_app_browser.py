@@ -12,6 +12,9 @@ Chromium is driven over the DevTools protocol (``--remote-debugging-port``, with
 rendering does not advance, so a cold page came back blank or half drawn. Here each page is
 polled until Streamlit reports its script finished and every image has loaded.
 
+A second test starts the explorer on an empty runs folder, clicks "Train the demo runs" and
+follows the progress bar until the real demo runs are trained and listed.
+
 Without Chromium the test is skipped, unless ``IPSKIT_REQUIRE_BROWSER=1`` (CI) makes that a
 failure. Install it with ``make browser`` (Debian's ``chromium`` package).
 """
@@ -91,12 +94,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, chromium):
-    """A live explorer on localhost reading the tiny runs; yields its base URL."""
-    root = tiny_runs(tmp_path_factory)
+@contextlib.contextmanager
+def streamlit_server(root: Path, log: Path):
+    """``streamlit run app/Home.py`` on a free localhost port reading runs from ``root``;
+    yields its base URL once ``/_stcore/health`` answers."""
     port = free_port()
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
     env = {**os.environ, "IPSKIT_RUNS": str(root), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -127,6 +129,14 @@ def server(tmp_path_factory, chromium):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, chromium):
+    """A live explorer on localhost reading the tiny runs; yields its base URL."""
+    root = tiny_runs(tmp_path_factory)
+    with streamlit_server(root, tmp_path_factory.mktemp("streamlit") / "server.log") as url:
+        yield url
 
 
 class Browser:
@@ -231,3 +241,41 @@ def test_every_page_renders_in_headless_chromium(server, browser):
         problems += [f"{name}: {what}" for what, ok in checks.items() if not ok]
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000, f"{name}: screenshot looks empty"
     assert not problems, problems
+
+
+PROGRESS_JS = """(() => {
+  const p = document.querySelector('[data-testid="stProgress"]');
+  const bar = p && p.querySelector('[role="progressbar"]');
+  return p ? {text: p.innerText, value: bar ? Number(bar.getAttribute('aria-valuenow')) : null} : null;
+})()"""
+
+
+def test_no_runs_the_demo_button_trains_with_a_live_progress_bar(tmp_path, browser):
+    """A fresh machine: the page says there are no runs, and its button trains the real demo
+    runs (two 15-epoch runs on digits, about 45 s on 2 idle cores) while a bar moves."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    root = tmp_path / "runs"
+    with streamlit_server(root, tmp_path / "server.log") as url:
+        s = browser.load(url, "IPS explorer")
+        assert "No runs found" in s["text"] and s["errors"] == 0
+        browser.call("Runtime.evaluate", expression=(
+            "Array.from(document.querySelectorAll('button'))"
+            ".find(b => b.innerText.includes('Train the demo runs')).click()"))
+        values, deadline = [], time.monotonic() + 600
+        while time.monotonic() < deadline:
+            p = browser.call("Runtime.evaluate", expression=PROGRESS_JS, returnByValue=True)["result"].get("value")
+            if p is None and values:
+                break  # the bar is gone: training finished and the page re-ran
+            if p is not None:
+                assert "Training the demo runs: epoch" in p["text"] or "Starting" in p["text"], p
+                values.append(p["value"])
+                if len(values) == 3:
+                    browser.screenshot(SHOTS / "Home-training-demo.png", 900)
+            time.sleep(1)
+        assert len(set(values)) >= 3, f"the bar did not move: {values}"
+        assert values == sorted(values), f"the bar went backwards: {values}"
+        s = browser.load(url, "IPS explorer")
+        browser.screenshot(SHOTS / "Home-after-demo.png", s["height"])
+        assert "No runs found" not in s["text"] and "2 run(s) under" in s["text"] and s["errors"] == 0
+        assert (root / "demo" / "ce" / "summary.json").is_file()
+        assert (root / "demo" / "ips" / "summary.json").is_file()
