@@ -180,7 +180,7 @@ def _sweep(ns) -> int:
 
     axes = {k: v for k, v in vars(ns).items()
             if k not in ("command", "sweep_name", "csv", "progress")}
-    path = run_sweep(axes, ns.sweep_name, csv_path=ns.csv, progress=ns.progress)
+    path = run_sweep(axes, ns.sweep_name, csv_path=ns.csv, progress=ns.progress, epoch_bars=True)
     print(f"sweep table -> {path}")
     return 0
 

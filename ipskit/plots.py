@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "reliability_diagram",
@@ -70,14 +71,25 @@ def _draw_reliability(ax, report: dict, title: str) -> None:
     lo, hi = np.asarray(rel["bin_lower"]), np.asarray(rel["bin_upper"])
     acc = np.array([np.nan if a is None else a for a in rel["accuracy"]], dtype=float)
     conf = np.array([np.nan if c is None else c for c in rel["confidence"]], dtype=float)
+    count = np.array([0 if c is None else c for c in rel["count"]], dtype=float)
     width, centers = hi - lo, (lo + hi) / 2
     ax.bar(centers, np.nan_to_num(acc), width=width, edgecolor="black", color="tab:blue", label="accuracy")
-    ax.bar(centers, np.nan_to_num(conf - acc), bottom=np.nan_to_num(acc), width=width,
-           color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to confidence")
+    # The gap is hatched, not filled: under-confident bins (accuracy above confidence) have it
+    # inside the blue bar, where a translucent fill would vanish.
+    gap_lo = np.nan_to_num(np.minimum(acc, conf))
+    ax.bar(centers, np.nan_to_num(np.abs(conf - acc)), bottom=gap_lo, width=width, facecolor="none",
+           edgecolor="tab:red", hatch="////", linewidth=0.8, label="gap to confidence")
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    total = count.sum()
+    for x, n in zip(centers, count):  # how many images each bin holds: sparse bins are noisy
+        if n > 0:
+            ax.text(x, 0.015, f"{100 * n / total:.0f}%" if n / total >= 0.005 else "<1%",
+                    ha="center", va="bottom", fontsize=6, rotation=90,
+                    bbox=dict(boxstyle="square,pad=0.1", facecolor="white", alpha=0.7, linewidth=0))
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy")
     ax.set_title(title + (f"  (ECE {ece:.3f})" if ece is not None else ""))
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="upper left", fontsize="small", title="labels: share of images per bin",
+              title_fontsize="x-small")
 
 
 def reliability_diagram(report: dict, title: str = "Reliability diagram") -> Figure:
@@ -202,13 +214,17 @@ def corruption_curves(results: dict[str, dict], ncols: int = 4) -> Figure:
     return fig
 
 
-def similarity_heatmap(matrix, class_names=None, title: str = "Mean prediction per true class") -> Figure:
+def similarity_heatmap(matrix, class_names=None, title: str = "Mean prediction per true class",
+                       diverging: bool = False, label: str | None = None) -> Figure:
     """Heatmap of a ``[K, K]`` class-similarity matrix (``metrics.class_similarity``).
 
     Args:
         matrix: ``[K, K]`` (row = true class, column = predicted class), tensor, array or lists.
         class_names: K labels for the axes (default 0..K-1).
         title: axes title.
+        diverging: for signed values (a difference or log-ratio of two matrices): a red-blue
+            map centred at 0 with symmetric limits, so the sign reads off the colour.
+        label: colour-bar label.
 
     Returns:
         Figure.
@@ -220,8 +236,12 @@ def similarity_heatmap(matrix, class_names=None, title: str = "Mean prediction p
     names = [str(c) for c in (class_names if class_names is not None else range(k))]
     fig = Figure(figsize=(1.0 + 0.45 * k, 0.6 + 0.45 * k), layout="constrained")
     ax = fig.add_subplot()
-    im = ax.imshow(m, cmap="viridis")
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    if diverging:
+        lim = float(np.nanmax(np.abs(m))) or 1.0
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    else:
+        im = ax.imshow(m, cmap="viridis")
+    fig.colorbar(im, ax=ax, shrink=0.8, label=label)
     ax.set_xticks(range(k), names, rotation=90 if k > 10 else 0)
     ax.set_yticks(range(k), names)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
@@ -281,7 +301,8 @@ def swap_pair_figure(x_a, x_b, out_a, out_b, decision, max_pairs: int = 4) -> Fi
 
 
 def ablation_heatmap(df, value: str = "value", row: str = "grid", col: str = "pr", fmt: str = ".3f",
-                     title: str | None = None) -> Figure:
+                     title: str | None = None, lower_is_better: bool = False,
+                     label: str | None = None) -> Figure:
     """Heatmap of a metric over a two-way ablation (default grid x pr), cells annotated.
 
     Args:
@@ -290,6 +311,8 @@ def ablation_heatmap(df, value: str = "value", row: str = "grid", col: str = "pr
         value, row, col: column names.
         fmt: number format of the annotations.
         title: axes title (default: the value column).
+        lower_is_better: reverse the colour map (ECE, NLL), so bright always means better.
+        label: colour-bar label (default: the value column).
 
     Returns:
         Figure.
@@ -300,8 +323,8 @@ def ablation_heatmap(df, value: str = "value", row: str = "grid", col: str = "pr
     table = df.pivot_table(index=row, columns=col, values=value, aggfunc="mean").sort_index().sort_index(axis=1)
     fig = Figure(figsize=(1.5 + 1.0 * table.shape[1], 1.2 + 0.7 * table.shape[0]), layout="constrained")
     ax = fig.add_subplot()
-    im = ax.imshow(table.to_numpy(dtype=float), cmap="viridis", aspect="auto")
-    fig.colorbar(im, ax=ax, label=value)
+    im = ax.imshow(table.to_numpy(dtype=float), cmap="viridis_r" if lower_is_better else "viridis", aspect="auto")
+    fig.colorbar(im, ax=ax, label=label or value)
     ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
     ax.set_yticks(range(table.shape[0]), [str(r) for r in table.index])
     mid = np.nanmean(table.to_numpy(dtype=float))
@@ -309,9 +332,16 @@ def ablation_heatmap(df, value: str = "value", row: str = "grid", col: str = "pr
         for j in range(table.shape[1]):
             v = table.iat[i, j]
             if not np.isnan(v):
-                ax.text(j, i, format(v, fmt), ha="center", va="center", color="white" if v < mid else "black")
+                dark = (v > mid) if lower_is_better else (v < mid)  # viridis is dark at its low end
+                ax.text(j, i, format(v, fmt), ha="center", va="center", color="white" if dark else "black")
     ax.set(xlabel=col, ylabel=row, title=title or f"{value} over {row} x {col}")
     return fig
+
+
+CURVE_LABELS = {"train_loss": "training loss", "train_ce": "training cross-entropy",
+                "train_kd": "training KD term", "train_acc": "training accuracy",
+                "test_loss": "test loss (NLL)", "test_acc": "test accuracy", "ece": "test ECE",
+                "mean_max_prob": "test mean max-probability", "lr": "learning rate"}
 
 
 def training_curves(runs, keys=("train_loss", "test_loss", "test_acc", "ece"), ncols: int = 2) -> Figure:
@@ -334,7 +364,9 @@ def training_curves(runs, keys=("train_loss", "test_loss", "test_acc", "ece"), n
             pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None and "epoch" in r]
             if pts:
                 ax.plot(*zip(*pts), marker=".", label=name)
-        ax.set(xlabel="epoch", ylabel=key.replace("_", " "), title=key.replace("_", " "))
+        name = CURVE_LABELS.get(key, key.replace("_", " "))
+        ax.set(xlabel="epoch", ylabel=name, title=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     return fig

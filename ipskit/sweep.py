@@ -87,14 +87,16 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def run_sweep(values: dict[str, list], sweep_name: str, csv_path: str | Path | None = None,
-              progress: bool = True) -> Path:
+              progress: bool = True, epoch_bars: bool = False) -> Path:
     """Train every cell of a grid (skipping finished ones) and write one tidy CSV.
 
     Args:
         values: TrainConfig field -> list of values (see :func:`sweep_cells`).
         sweep_name: folder under ``out_dir`` for the runs and the CSV.
         csv_path: where to write the table (default ``out_dir/sweep_name/results.csv``).
-        progress: progress bars.
+        progress: a bar over the cells (and one printed line per finished run).
+        epoch_bars: also a bar per epoch of each run (the command line's default; off by
+            default because a notebook would keep every one of them in its saved outputs).
     Returns:
         Path of the CSV, rewritten (atomically) after every cell.
     """
@@ -106,7 +108,7 @@ def run_sweep(values: dict[str, list], sweep_name: str, csv_path: str | Path | N
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for point, cfg in tqdm(cells, desc=f"sweep {sweep_name}", disable=not progress):
-        summary = fit(cfg, resume=True, progress=progress, verbose=False)
+        summary = fit(cfg, resume=True, progress=progress and epoch_bars, verbose=False)
         rows.append(_row(point, cfg, summary))
         _write_csv(path, rows)
         tqdm.write(f"{cfg.run_name}: test {100 * summary['test_acc']:.2f}%  "

@@ -76,6 +76,21 @@ def test_similarity_and_ablation_heatmaps():
     assert "0.700" in texts and "0.850" in texts  # repeats (grid 2, pr 0.25) are averaged
     with pytest.raises(ValueError, match=r"df lacks column\(s\) \['acc'\]"):
         plots.ablation_heatmap(df, value="acc")
+    # lower-is-better metrics: reversed colours, so bright always means better
+    assert fig.axes[0].images[0].get_cmap().name == "viridis"
+    ece = plots.ablation_heatmap(df, lower_is_better=True, label="ECE")
+    assert ece.axes[0].images[0].get_cmap().name == "viridis_r" and ece.axes[1].get_ylabel() == "ECE"
+    # a signed matrix: a diverging map centred at 0
+    signed = plots.similarity_heatmap([[0.5, -2.0], [1.0, 0.0]], diverging=True, label="log ratio")
+    assert signed.axes[0].images[0].get_clim() == (-2.0, 2.0)
+
+
+def test_training_curves_read_as_epochs():
+    rows = [{"epoch": e, "test_acc": 0.5 + e / 10} for e in range(1, 6)]
+    ax = plots.training_curves(rows, keys=("test_acc",)).axes[0]
+    assert ax.get_title() == "test accuracy"
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 5]
+    assert ticks and all(float(t).is_integer() for t in ticks)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
