@@ -70,7 +70,8 @@ def main() -> None:
     right.pyplot(plots.confidence_histograms(logits_by_run, kind="entropy"))
 
     st.subheader("Reliability diagrams")
-    st.caption("Bars: accuracy per confidence bin; shaded: the gap to the bin's confidence. "
+    st.caption("Bars: accuracy per confidence bin; hatched: the gap to the bin's confidence; small "
+               "labels: each bin's share of the test images. "
                "Bars under the diagonal mean over-confident, above it under-confident.")
     n_row = min(len(reps), 3)  # the figure puts 3 diagrams on a row; keep each ~300 px wide
     col, _ = st.columns([n_row, 1 if n_row < 3 else 0.001])
