@@ -134,6 +134,7 @@ def read_results(path: str | Path, axes: tuple[str, ...] = ("grid", "pr")):
     df = pd.read_csv(path)
     if "run_dir" not in df.columns:
         raise ValueError(f"{path} has no run_dir column: not a table written by ipskit sweep")
+
     def setting(run_dir, axis):
         try:
             cfg = read_json(Path(str(run_dir)) / CONFIG, {}) or {}
