@@ -161,7 +161,6 @@ def run_label(run: dict) -> str:
     """One line naming a run for pickers: name, method, model, dataset and last accuracy."""
     acc = run.get("test_acc")
     acc_s = f"acc {acc:.3f}" if isinstance(acc, (int, float)) else run.get("status", "")
-    cfg = run.get("config") or {}
     extra = f", grid {run['grid']}, pr {run['pr']}" if run.get("grid") is not None else ""
     return f"{run['name']} · {run.get('method')}{extra} · {run.get('model')} · {acc_s}"
 
