@@ -2,7 +2,10 @@
 
 A run folder (``runs/<name>/``, see docs/ARCHITECTURE.md) holds ``config.json``,
 ``metrics.jsonl``, ``summary.json``, ``env.json``, ``checkpoint.pt`` and, after
-``ipskit eval``, ``eval.json``. Every file is written atomically (a temporary file in the same
+``ipskit eval``, ``eval.json``. A run exported with :func:`export_run` (the natural-image
+pair shipped in ``results/``) keeps every JSON file but only the weights in ``checkpoint.pt``,
+and may carry a small ``test_sample.npz`` (in its folder or the one above) that stands in for
+its test set on machines without the dataset. Every file is written atomically (a temporary file in the same
 folder, then ``os.replace``), so a run killed at any moment leaves either the old file or the
 new one, never half of one. Like minGPT and nanoGPT, the resolved config sits next to every
 checkpoint so each number can be traced to its settings.
@@ -11,6 +14,7 @@ Usage:
     run = load_run("runs/demo/ips")           # {"config", "metrics", "summary", "eval", "path"}
     model, config = load_model("runs/demo/ips")
     for r in list_runs("runs"): print(r["name"], r["method"], r["test_acc"])
+    export_run("runs/natural/ips", "results/natural/ips")   # JSON files + weights only
 """
 from __future__ import annotations
 
@@ -19,17 +23,21 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ipskit.config import swaps_patches
 
 __all__ = ["CONFIG", "METRICS", "SUMMARY", "ENV", "CHECKPOINT", "EVAL", "atomic_write",
            "atomic_write_text", "atomic_write_json", "atomic_write_jsonl", "atomic_torch_save",
-           "read_json", "load_checkpoint", "load_run", "list_runs", "load_model"]
+           "read_json", "load_checkpoint", "load_run", "list_runs", "load_model", "export_run",
+           "TEST_SAMPLE", "write_test_sample", "read_test_sample", "find_test_sample"]
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 ENV, CHECKPOINT, EVAL = "env.json", "checkpoint.pt", "eval.json"
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "model_info")
+MODEL_KEYS = ("model", "model_info")  # all that load_model needs (exported runs hold only these)
+TEST_SAMPLE = "test_sample.npz"
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -82,12 +90,15 @@ def read_json(path: str | os.PathLike, default=None):
         raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location="cpu",
+                    required: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:
     """Load and check an ipskit checkpoint with ``weights_only=True``.
 
     Args:
         path: a ``checkpoint.pt`` file.
         map_location: where tensors go.
+        required: keys the checkpoint must hold: all of a training checkpoint by default
+            (resuming needs them), :data:`MODEL_KEYS` to use the weights only.
     Returns:
         The checkpoint dict (keys include model, optimizer, scheduler, epoch, rng, model_info).
     Raises:
@@ -103,10 +114,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"checkpoint {path} cannot be read (corrupt, truncated or not saved "
                          f"by ipskit): {first[:200]}") from None
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    missing = [k for k in required if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise ValueError(f"checkpoint {path} is not an ipskit checkpoint: missing "
-                         f"{', '.join(missing)}")
+        what = ("holds the weights only (an exported run): it cannot be resumed"
+                if isinstance(ckpt, dict) and ckpt.get("model_only") else
+                "is not an ipskit checkpoint")
+        raise ValueError(f"checkpoint {path} {what}: missing {', '.join(missing)}")
     return ckpt
 
 
@@ -144,7 +157,8 @@ def list_runs(root: str | os.PathLike = "runs") -> list[dict]:
         list of dicts: ``name`` (path relative to root), ``path``, ``method``, ``model``,
         ``dataset``, ``seed``, ``epochs``, ``epochs_done``, ``status`` ("finished", "failed",
         or "unfinished" while training or after an interruption), ``test_acc`` and ``ece`` of the last epoch (None
-        before the first), ``grid`` and ``pr`` (None for methods that swap no patches), and the
+        before the first), ``has_model`` (a checkpoint is there; reference runs may keep their
+        numbers only), ``grid`` and ``pr`` (None for methods that swap no patches), and the
         full ``config`` and ``summary``.
     """
     root = Path(root)
@@ -165,6 +179,7 @@ def list_runs(root: str | os.PathLike = "runs") -> list[dict]:
             "epochs_done": len(metrics),
             "status": summary.get("status", "unfinished"),
             "test_acc": last.get("test_acc"), "ece": last.get("ece"),
+            "has_model": (run_dir / CHECKPOINT).is_file(),
             **{k: cfg.get(k) if swaps_patches(cfg.get("method")) else None for k in ("grid", "pr")},
             "config": cfg, "summary": summary,
         })
@@ -185,7 +200,7 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     from ipskit.models import build_model
 
     run_dir = _check_run_dir(run_dir)
-    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT, required=MODEL_KEYS)
     try:
         model = build_model(**ckpt["model_info"])
         model.load_state_dict(ckpt["model"])
@@ -194,3 +209,73 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
         raise ValueError(f"checkpoint {run_dir / CHECKPOINT} does not match its model_info: "
                          f"{first[:200]}") from None
     return model.to(device).eval(), read_json(run_dir / CONFIG)
+
+
+def export_run(run_dir: str | os.PathLike, dest: str | os.PathLike, max_bytes: int = 2_000_000) -> Path:
+    """Copy a finished run to ``dest`` with its weights only: small enough to ship in a repo.
+
+    Every JSON file of the run is copied; ``checkpoint.pt`` keeps ``model`` and ``model_info``
+    (plus ``epoch`` and ``config`` for the record, and ``model_only=True``) and drops the
+    optimizer, scheduler and RNG state, so the copy can be loaded (:func:`load_model`, the
+    explorer, ``ipskit eval``) but not resumed.
+
+    Args:
+        run_dir: a finished run folder. dest: the folder to create or replace.
+        max_bytes: refuse weights larger than this (ValueError), before anything is written.
+    Returns:
+        ``dest`` as a Path.
+    """
+    run_dir, dest = _check_run_dir(run_dir), Path(dest)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT, required=MODEL_KEYS)
+    slim = {"model": ckpt["model"], "model_info": ckpt["model_info"], "epoch": ckpt.get("epoch"),
+            "config": ckpt.get("config"), "ipskit_version": ckpt.get("ipskit_version"),
+            "model_only": True}
+    size = sum(t.numel() * t.element_size() for t in ckpt["model"].values())
+    if size > max_bytes:
+        raise ValueError(f"the weights of {run_dir} take {size / 1e6:.1f} MB; the limit is "
+                         f"{max_bytes / 1e6:g} MB (use a smaller model)")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG, METRICS, SUMMARY, ENV, EVAL):
+        if (run_dir / name).is_file():
+            atomic_write(dest / name, lambda f, src=run_dir / name: f.write(src.read_bytes()))
+    atomic_torch_save(slim, dest / CHECKPOINT)
+    return dest
+
+
+def write_test_sample(path: str | os.PathLike, x: torch.Tensor, y: torch.Tensor,
+                      classes: list[str]) -> Path:
+    """Save test images as a compressed ``.npz`` (``x`` uint8 [N, C, H, W], ``y`` [N], class names).
+
+    A sample next to a shipped run lets the explorer show that run on a machine without its
+    dataset (see :func:`find_test_sample`).
+    """
+    x = torch.as_tensor(x)
+    if x.dtype != torch.uint8 or x.dim() != 4 or len(y) != len(x):
+        raise ValueError(f"x must be uint8 [N, C, H, W] with one label each, got {x.dtype} "
+                         f"{tuple(x.shape)} and {len(y)} labels")
+    path = Path(path)
+    atomic_write(path, lambda f: np.savez_compressed(
+        f, x=x.numpy(), y=np.asarray(y, dtype=np.int64), classes=np.asarray(classes, dtype=str)))
+    return path
+
+
+def read_test_sample(path: str | os.PathLike) -> dict:
+    """A sample written by :func:`write_test_sample`: dict ``x`` uint8 [N, C, H, W] (numpy),
+    ``y`` int64 [N], ``classes`` list of names. ValueError (one line) if it is not one."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            out = {"x": f["x"], "y": f["y"].astype(np.int64), "classes": [str(c) for c in f["classes"]]}
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{path} is not a test sample written by ipskit ({e})") from None
+    if out["x"].dtype != np.uint8 or out["x"].ndim != 4 or len(out["y"]) != len(out["x"]):
+        raise ValueError(f"{path} is not a test sample written by ipskit (bad shapes)")
+    return out
+
+
+def find_test_sample(run_dir: str | os.PathLike) -> Path | None:
+    """The ``test_sample.npz`` shipped with a run: in its folder or the folder above, or None."""
+    run_dir = Path(run_dir)
+    for folder in (run_dir, run_dir.parent):
+        if (folder / TEST_SAMPLE).is_file():
+            return folder / TEST_SAMPLE
+    return None

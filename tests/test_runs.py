@@ -94,7 +94,7 @@ def test_load_model_errors(trained, tmp_path):
     with pytest.raises(ValueError, match="cannot be read \\(corrupt, truncated"):
         runs.load_model(bad)
     torch.save({"state_dict": {}}, bad / "checkpoint.pt")
-    with pytest.raises(ValueError, match="not an ipskit checkpoint: missing model, optimizer"):
+    with pytest.raises(ValueError, match="not an ipskit checkpoint: missing model, model_info"):
         runs.load_model(bad)
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     ckpt["model_info"] = {**ckpt["model_info"], "num_classes": 3}
@@ -103,3 +103,42 @@ def test_load_model_errors(trained, tmp_path):
         runs.load_model(bad)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         runs.load_model(tmp_path / "nope")
+
+
+def test_export_run_keeps_the_numbers_and_the_weights_only(trained, tmp_path):
+    _, run_dir, _ = trained
+    dest = runs.export_run(run_dir, tmp_path / "shipped" / "ips")
+    assert {p.name for p in dest.iterdir()} == {"config.json", "metrics.jsonl", "summary.json",
+                                               "env.json", "checkpoint.pt"}
+    assert runs.read_json(dest / "summary.json") == runs.read_json(run_dir / "summary.json")
+    slim = torch.load(dest / "checkpoint.pt", weights_only=True)
+    assert slim["model_only"] and "optimizer" not in slim
+    assert (dest / "checkpoint.pt").stat().st_size < (run_dir / "checkpoint.pt").stat().st_size
+    original, _ = runs.load_model(run_dir)
+    exported, config = runs.load_model(dest)
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(original(x), exported(x)) and config["method"] == "ips"
+    listed = runs.list_runs(tmp_path / "shipped")
+    assert [(r["name"], r["has_model"], r["status"]) for r in listed] == [("ips", True, "finished")]
+    with pytest.raises(ValueError, match="weights only .* cannot be resumed"):
+        runs.load_checkpoint(dest / "checkpoint.pt")
+    with pytest.raises(ValueError, match="limit is 0.001 MB"):
+        runs.export_run(run_dir, tmp_path / "too-big", max_bytes=1000)
+    assert not (tmp_path / "too-big").exists()
+
+
+def test_test_sample_round_trip_and_lookup(tmp_path):
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    path = runs.write_test_sample(tmp_path / runs.TEST_SAMPLE, x, y, ["cat", "dog", "frog"])
+    back = runs.read_test_sample(path)
+    assert (back["x"] == x.numpy()).all() and back["y"].tolist() == y.tolist()
+    assert back["classes"] == ["cat", "dog", "frog"]
+    (tmp_path / "ips").mkdir()
+    assert runs.find_test_sample(tmp_path / "ips") == path   # the folder above the run
+    assert runs.find_test_sample(tmp_path.parent) is None
+    with pytest.raises(ValueError, match="uint8"):
+        runs.write_test_sample(tmp_path / "bad.npz", x.float(), y, ["a"])
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a test sample"):
+        runs.read_test_sample(tmp_path / "junk.npz")
