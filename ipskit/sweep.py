@@ -1,10 +1,11 @@
 """Several runs at once: ``run_sweep`` (a grid of settings into one tidy CSV) and ``run_demo``.
 
 The IPS paper (Choi et al., 2025) studies its method along axes such as the patch grid and the
-swap probability ``pr``; peers' numbers differ more by recipe than by method (METHOD.md). A
-sweep trains every combination of the values given, each in its own run folder under
-``out_dir/<sweep>/``, all with one recipe, and writes ``results.csv``: one row per run with its
-settings, its last-epoch metrics (never the best epoch picked on the test set) and its folder.
+swap probability ``pr``; peers' numbers differ more by recipe than by method (docs/METHOD.md,
+"Comparing methods fairly"). A sweep trains every combination of the values given, each in its
+own run folder under ``out_dir/<sweep>/``, all with one recipe, and writes ``results.csv``: one
+row per run with its settings, its last-epoch metrics (never the best epoch picked on the test
+set) and its folder.
 
 Resumable: every cell is trained with ``fit(resume=True)``, so re-running the same sweep skips
 finished runs without loading any data and continues an interrupted one from its checkpoint.
@@ -29,7 +30,7 @@ from ipskit.config import TrainConfig, swaps_patches
 from ipskit.runs import atomic_write_text
 from ipskit.train import fit
 
-__all__ = ["run_sweep", "sweep_cells", "read_results", "cell_summary", "run_demo",
+__all__ = ["run_sweep", "sweep_cells", "read_results", "cell_summary", "method_table", "run_demo",
            "format_table", "DEMO_SETTINGS"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_ce", "train_kd", "train_acc", "test_acc",
@@ -159,6 +160,35 @@ def cell_summary(df, metric: str, by: tuple[str, ...] = ("grid", "pr")):
         raise ValueError(f"the table lacks column(s) {missing}; it has {list(df.columns)}")
     return (df.dropna(subset=[*by, metric]).groupby(list(by))[metric]
             .agg(["mean", "std", "count"]).reset_index())
+
+
+def method_table(root: str | Path) -> str:
+    """A markdown table of the finished runs under ``root``, one row per method, over seeds.
+
+    Columns: method, seeds, top-1 % (mean ± sd over seeds; sd needs two seeds), NLL, ECE and
+    mean max-probability (means), all of the last epoch; methods in order of first appearance
+    with ``ce`` and ``ips`` first. This is how the README's tables are made from ``results/``:
+    ``python -c "from ipskit.sweep import method_table; print(method_table('results/X'))"``.
+    """
+    import statistics
+
+    from ipskit.runs import list_runs
+
+    finished = [r for r in list_runs(root) if r["status"] == "finished"]
+    if not finished:
+        raise ValueError(f"no finished runs under {root}")
+    by_method: dict[str, list[dict]] = {}
+    for r in sorted(finished, key=lambda r: (r["method"] not in ("ce", "ips"), r["method"] != "ce")):
+        by_method.setdefault(r["method"], []).append(r["summary"])
+    rows = []
+    for method, ss in by_method.items():
+        acc = [100 * s["test_acc"] for s in ss]
+        spread = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else ""
+        rows.append({"method": method, "seeds": len(ss), "top1": f"{statistics.mean(acc):.2f}{spread}",
+                     **{k: statistics.mean(s[k] for s in ss) for k in ("test_loss", "ece", "mean_max_prob")}})
+    return format_table(rows, [("method", "method", ""), ("seeds", "seeds", "d"),
+                               ("top1", "top-1 % (mean ± sd)", ""), ("test_loss", "NLL", ".3f"),
+                               ("ece", "ECE", ".3f"), ("mean_max_prob", "mean max-prob", ".3f")])
 
 
 # ----- demo -----------------------------------------------------------------------------------

@@ -114,3 +114,25 @@ def test_demo_reports_every_epoch_to_on_epoch(tmp_path):
     run_demo(out=str(tmp_path / "demo"), epochs=2, progress=False, model="smallcnn",
              image_size=8, max_train_samples=200, on_epoch=lambda cfg, row: seen.append(cfg))
     assert seen == []  # both runs finished: reused, nothing trained
+
+
+def test_method_table_over_seeds_is_what_the_readme_quotes_from_results():
+    """The README's GPU-scale table is method_table() of the shipped reference runs."""
+    from pathlib import Path
+
+    from ipskit.sweep import method_table
+
+    repo = Path(__file__).resolve().parents[1]
+    table = method_table(repo / "results" / "cifar10-resnet18-h200")
+    lines = table.splitlines()
+    assert lines[2] == "| ce | 3 | 87.57 ± 0.49 | 0.371 | 0.030 | 0.906 |"
+    assert lines[3].startswith("| ips | 3 | 89.07 ± 0.13 |")
+    assert len(lines) == 2 + 6
+    assert table in (repo / "README.md").read_text()
+
+
+def test_method_table_refuses_a_folder_without_finished_runs(tmp_path):
+    from ipskit.sweep import method_table
+
+    with pytest.raises(ValueError, match="no finished runs under"):
+        method_table(tmp_path)
