@@ -3,7 +3,8 @@
 Start it from the repository root with ``streamlit run app/Home.py`` (or ``make app``). The
 pages show Intra-class Patch Swap (Choi et al., "Intra-class Patch Swap for Self-Distillation",
 arXiv 2505.14124) on runs trained by ``ipskit train`` / ``ipskit demo``, read from
-``$IPSKIT_RUNS`` (default ``runs/``). With no runs yet, this page offers to train the demo runs.
+``$IPSKIT_RUNS`` (default ``runs/``), and on the runs shipped in ``results/``. With no runs of
+your own yet, this page offers to train the demo runs.
 """
 import streamlit as st
 
@@ -34,11 +35,17 @@ def main() -> None:
 
     st.subheader("Runs")
     runs = common.list_runs()
-    if not runs:
+    mine = [r for r in runs if not r.get("shipped")]
+    if not mine:
         common.offer_demo()
-        return
-    finished = sum(r.get("status") == "finished" for r in runs)
-    st.write(f"{len(runs)} run(s) under `{common.runs_root()}`, {finished} finished.")
+        if not runs:
+            return
+    finished = sum(r.get("status") == "finished" for r in mine)
+    shipped = len(runs) - len(mine)
+    st.write(f"{len(mine)} run(s) under `{common.runs_root()}`, {finished} finished"
+             + (f"; {shipped} shipped with ipskit under `results/` (a CE / IPS pair on "
+                f"CIFAR-10 images to explore, and GPU reference runs with their numbers only)"
+                if shipped else "") + ".")
     st.dataframe(
         [{"run": r["name"], "method": r.get("method"), "model": r.get("model"),
           "dataset": r.get("dataset"), "epochs": r.get("epochs_done"),

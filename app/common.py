@@ -2,10 +2,11 @@
 
 The explorer (``streamlit run app/Home.py``) shows Intra-class Patch Swap (Choi et al.,
 "Intra-class Patch Swap for Self-Distillation", arXiv 2505.14124) on trained runs. It is only
-UI (STYLE.md rule 12): every number and figure comes from a call into ``ipskit``. This module
-holds the glue every page needs, following Streamlit's caching split: a model is a resource
-(``st.cache_resource``, one shared object per checkpoint), data and results are values
-(``st.cache_data``, keyed by the files' modification times so a retrained run is picked up).
+UI (docs/ARCHITECTURE.md, Conventions, "The app is only UI"): every number and figure comes
+from a call into ``ipskit``. This module holds the glue every page needs, following Streamlit's
+caching split: a model is a resource (``st.cache_resource``, one shared object per checkpoint),
+data and results are values (``st.cache_data``, keyed by the files' modification times so a
+retrained run is picked up).
 
 Usage in a page::
 
@@ -16,6 +17,10 @@ Usage in a page::
     model, config = common.load_model(run["path"])   # raises ValueError on a bad checkpoint
 
 The runs folder is ``$IPSKIT_RUNS`` (default ``runs``, relative to the working directory).
+Beside it, the explorer lists the runs shipped in the repository's ``results/`` folder
+(``$IPSKIT_RESULTS`` moves it; set it empty to hide them), named ``results/<folder>/<run>``:
+the natural-image CE / IPS pair, whose test images travel with it as ``test_sample.npz``, and
+the GPU reference runs, which keep their numbers but no weights (``has_model`` is False).
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ from ipskit import runs as ipsruns
 from ipskit.data import to_float01
 
 RUNS_ENV = "IPSKIT_RUNS"
+RESULTS_ENV = "IPSKIT_RESULTS"
+RESULTS_PREFIX = "results/"  # how shipped runs are named in pickers and tables
 DATA_ENV = "IPSKIT_DATA"
 MAX_EVAL_SAMPLES = 2000  # test images per run the pages predict on (keeps CIFAR pages quick)
 # Models are cached once per process and shared by every session; Grad-CAM hangs hooks on
@@ -80,6 +87,14 @@ def runs_root() -> Path:
     return Path(os.environ.get(RUNS_ENV) or "runs")
 
 
+def results_root() -> Path | None:
+    """The shipped runs: ``$IPSKIT_RESULTS``, else the repository's ``results/``; None when
+    ``$IPSKIT_RESULTS`` is set empty or the folder is missing."""
+    env = os.environ.get(RESULTS_ENV)
+    root = Path(env) if env else Path(__file__).resolve().parents[1] / "results"
+    return root if env != "" and root.is_dir() else None
+
+
 def data_root() -> str:
     """Where datasets are looked for: ``$IPSKIT_DATA`` or ``data``."""
     return os.environ.get(DATA_ENV) or "data"
@@ -105,11 +120,24 @@ def _list_runs(root: str, stamp: tuple) -> list[dict]:
     return ipsruns.list_runs(root)
 
 
-def list_runs() -> list[dict]:
+def user_runs() -> list[dict]:
     """Every run under the runs folder (``ipskit.runs.list_runs`` rows), cached until a file
     changes."""
     root = runs_root()
     return _list_runs(str(root), _stamp(root, "*.json*"))
+
+
+def list_runs() -> list[dict]:
+    """The runs folder's runs, then the shipped runs of ``results/`` (``shipped`` is True and
+    ``name`` starts with ``results/``)."""
+    shipped = results_root()
+    extra = [] if shipped is None else _list_runs(str(shipped), _stamp(shipped, "*.json*"))
+    return user_runs() + [{**r, "name": RESULTS_PREFIX + r["name"], "shipped": True} for r in extra]
+
+
+def model_runs(runs: list[dict]) -> list[dict]:
+    """The runs whose weights are on disk (a finished epoch and a checkpoint)."""
+    return [r for r in runs if r.get("epochs_done") and r.get("has_model", True)]
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -145,13 +173,20 @@ def resolve_run_dir(path: str) -> Path:
     if not text:
         raise ValueError("no run folder given; type a folder under the runs folder")
     root = runs_root().resolve()
+    shipped = results_root()
+    roots = [root] + ([shipped.resolve()] if shipped is not None else [])
     p = Path(text).expanduser()
     if not p.is_absolute():
-        p = runs_root() / p if (runs_root() / p).exists() else Path.cwd() / p
+        if shipped is not None and text.startswith(RESULTS_PREFIX) \
+                and (shipped / text[len(RESULTS_PREFIX):]).exists():
+            p = shipped / text[len(RESULTS_PREFIX):]
+        else:
+            p = runs_root() / p if (runs_root() / p).exists() else Path.cwd() / p
     p = p.resolve()
-    if p != root and root not in p.parents:
+    if not any(p == r or r in p.parents for r in roots):
         raise ValueError(f"{text} is outside the runs folder {root}: the explorer only opens "
-                         f"runs under it (set {RUNS_ENV} to use another folder)")
+                         f"runs under it or the shipped results (set {RUNS_ENV} to use "
+                         f"another folder)")
     if not (p / ipsruns.CONFIG).is_file():
         raise ValueError(f"{text} is not an ipskit run folder (no {ipsruns.CONFIG} in it)")
     return p
@@ -185,7 +220,8 @@ def default_pair(runs: list[dict]) -> tuple[int, int]:
 
 
 def require_runs() -> list[dict]:
-    """The runs on disk; with none, explain and offer to train the demo runs, then stop."""
+    """The runs on disk and the shipped ones; with none at all, explain and offer to train
+    the demo runs, then stop."""
     runs = list_runs()
     if not runs:
         offer_demo()
@@ -281,9 +317,34 @@ def test_split(dataset: str, image_size: int | None, root: str) -> dict:
             "classes": [str(c) for c in bundle.classes]}
 
 
-def run_test_split(config: dict) -> dict:
-    """The test split a run was evaluated on (its dataset at its image size)."""
-    return test_split(config["dataset"], config.get("image_size"), config.get("data_root") or data_root())
+@st.cache_data(show_spinner=False, max_entries=6)
+def _read_sample(path: str, stamp: int) -> dict:
+    return ipsruns.read_test_sample(path)
+
+
+def run_test_split(config: dict, run_dir: str | Path | None = None) -> dict:
+    """The test split a run was evaluated on (its dataset at its image size), or, when that
+    dataset is not on this machine, the ``test_sample.npz`` shipped with the run (its ``note``
+    says so)."""
+    try:
+        return test_split(config["dataset"], config.get("image_size"),
+                          config.get("data_root") or data_root())
+    except (OSError, ValueError, RuntimeError) as e:  # missing folder, offline CIFAR
+        sample = ipsruns.find_test_sample(run_dir) if run_dir is not None else None
+        if sample is None:
+            raise
+        out = dict(_read_sample(str(sample), file_stamp(sample)))
+        out["note"] = (f"{config['dataset']} is not on this machine ({one_line(e)[:80]}); "
+                       f"showing the {len(out['y'])} test images shipped with the run")
+        return out
+
+
+def dataset_test_split(dataset: str, runs: list[dict]) -> dict:
+    """A dataset's test split, or the sample shipped with a run trained on it."""
+    for r in runs:
+        if r.get("dataset") == dataset and ipsruns.find_test_sample(r["path"]) is not None:
+            return run_test_split(r["config"], r["path"])
+    return test_split(dataset, None, data_root())
 
 
 def to_float(x_uint8: np.ndarray) -> torch.Tensor:
@@ -297,7 +358,7 @@ def _test_logits(path: str, stamp: int, max_samples: int) -> dict:
     from ipskit.metrics import predict
 
     model, config = load_model(path)
-    data = run_test_split(config)
+    data = run_test_split(config, path)
     n = min(max_samples, len(data["y"]))
     with MODEL_LOCK:
         logits = predict(model, to_float(data["x"][:n]), batch_size=256)

@@ -42,10 +42,14 @@ def runs_root(tmp_path_factory) -> Path:
 def app(runs_root, monkeypatch):
     """An AppTest of the explorer reading the tiny runs; call ``open(page)`` to get a page."""
     monkeypatch.setenv("IPSKIT_RUNS", str(runs_root))
+    monkeypatch.setenv("IPSKIT_RESULTS", "")  # the shipped runs have tests of their own
 
-    def open_(page: str | None = None, root: Path | None = None) -> AppTest:
+    def open_(page: str | None = None, root: Path | None = None,
+              results: Path | None = None) -> AppTest:
         if root is not None:
             monkeypatch.setenv("IPSKIT_RUNS", str(root))
+        if results is not None:
+            monkeypatch.setenv("IPSKIT_RESULTS", str(results))
         at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
         if page is not None:
             at.switch_page(page).run()
@@ -372,3 +376,35 @@ def test_no_runs_offers_the_demo_and_trains_it_with_a_progress_bar(app, tmp_path
     assert (root / "demo" / "ce" / "summary.json").is_file()
     assert (root / "demo" / "ips" / "summary.json").is_file()
     assert set(at.dataframe[0].value["run"]) == {"demo/ce", "demo/ips"}
+
+
+# ----------------------------------------------------------------------------- shipped runs
+REPO = APP.parents[1]
+SHIPPED = "results/cifar10-resnet8-cpu"
+
+
+def test_fresh_clone_explores_the_shipped_natural_image_pair(app, tmp_path, monkeypatch):
+    """No runs of one's own and no CIFAR-10 on disk (started outside the checkout): the Swap
+    playground, Logit smoothing and Grad-CAM work on the CE / IPS pair shipped in results/,
+    on the test images shipped with it; reference runs without weights are never offered."""
+    monkeypatch.chdir(tmp_path)  # the runs' dataset path data/cifar10 is missing here
+    at = app("pages/1_Swap_playground.py", root=tmp_path / "runs", results=REPO / "results")
+    assert_clean(at, "Swap playground")
+    assert at.sidebar.selectbox(key="swap_dataset").value == "imagefolder:data/cifar10"
+    assert at.sidebar.selectbox(key="swap_run").value == f"{SHIPPED}/ips"
+    assert "showing the 300 test images shipped with the run" in texts(at)
+    assert at.sidebar.selectbox(key="swap_class").format_func(0) == "airplane"
+    assert [m.label for m in at.metric][2] == "teacher"
+    offered = at.sidebar.selectbox(key="swap_run").options
+    assert not any("resnet18-h200" in o for o in offered), offered
+
+    at.switch_page("pages/3_Grad-CAM.py").run()
+    assert_clean(at, "Grad-CAM")
+    assert at.sidebar.selectbox(key="cam_left").value == f"{SHIPPED}/ce"
+    assert at.sidebar.selectbox(key="cam_right").value == f"{SHIPPED}/ips"
+
+    at.switch_page("pages/2_Logit_smoothing.py").run()
+    assert_clean(at, "Logit smoothing")
+    table = at.dataframe[0].value
+    assert set(table["run"]) == {f"{SHIPPED}/ce", f"{SHIPPED}/ips"}
+    assert (table["test images"] == 300).all()

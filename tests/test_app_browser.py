@@ -95,17 +95,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(root: Path, log: Path):
-    """``streamlit run app/Home.py`` on a free localhost port reading runs from ``root``;
-    yields its base URL once ``/_stcore/health`` answers."""
+def streamlit_server(root: Path, log: Path, results: Path | None = None, cwd: Path = REPO):
+    """``streamlit run app/Home.py`` on a free localhost port reading runs from ``root`` (and
+    the shipped runs from ``results``; none by default), started in ``cwd``; yields its base
+    URL once ``/_stcore/health`` answers."""
     port = free_port()
-    env = {**os.environ, "IPSKIT_RUNS": str(root), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    env = {**os.environ, "IPSKIT_RUNS": str(root), "IPSKIT_RESULTS": str(results or ""),
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "Home.py"),
              "--server.headless", "true", "--server.port", str(port),
              "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+            cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -282,3 +284,32 @@ def test_no_runs_the_demo_button_trains_with_a_live_progress_bar(tmp_path, brows
         assert "No runs found" not in s["text"] and "2 run(s) under" in s["text"] and s["errors"] == 0
         assert (root / "demo" / "ce" / "summary.json").is_file()
         assert (root / "demo" / "ips" / "summary.json").is_file()
+
+
+SHIPPED_PAGES = {  # page: (title, what it must show on the shipped CIFAR-10 pair)
+    "Swap_playground": ("Swap playground", "teacher"),
+    "Logit_smoothing": ("Logit smoothing", "results/cifar10-resnet8-cpu/ips"),
+    "Grad-CAM": ("Grad-CAM", "results/cifar10-resnet8-cpu/ce"),
+}
+
+
+def test_fresh_clone_shows_the_shipped_natural_image_pair(tmp_path, browser):
+    """No runs of one's own, no dataset, no network: the pages show the CE / IPS pair shipped
+    in results/ on its CIFAR-10 test sample (what ``make app`` shows on a fresh clone)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    # started outside the checkout, so that relative dataset paths (data/cifar10) are missing
+    with streamlit_server(tmp_path / "runs", tmp_path / "server.log", results=REPO / "results",
+                          cwd=tmp_path) as url:
+        s = browser.load(url, "IPS explorer")
+        assert "shipped with ipskit" in s["text"] and s["errors"] == 0
+        problems = []
+        for path, (title, marker) in SHIPPED_PAGES.items():
+            s = browser.load(f"{url}/{path}", title)
+            browser.screenshot(SHOTS / f"shipped-{path}.png", s["height"])
+            for what, ok in {f"content {marker!r}": marker in s["text"],
+                             "CIFAR-10 classes": "airplane" in s["text"] or path == "Logit_smoothing",
+                             "no Traceback": "Traceback" not in s["text"],
+                             "no error box": s["errors"] == 0}.items():
+                if not ok:
+                    problems.append(f"{path}: {what}")
+        assert not problems, problems

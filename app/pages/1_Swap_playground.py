@@ -25,13 +25,15 @@ CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python
 
 
 def available_datasets(runs: list[dict]) -> list[str]:
-    """digits, CIFAR when present on disk, and every dataset a run on disk was trained on."""
+    """The datasets of trained IPS runs first (natural images before digits: a swap is easier
+    to see on them), then digits, CIFAR when present on disk, and the other runs' datasets."""
     root = Path(common.data_root())
-    names = ["digits"] + [n for n, folder in CIFAR_FOLDERS.items() if (root / folder).is_dir()]
-    for r in runs:
-        if r.get("dataset") and r["dataset"] not in names:
-            names.append(r["dataset"])
-    return names
+    ips = [r["dataset"] for r in common.model_runs(runs)
+           if str(r.get("method")).startswith("ips") and r.get("dataset")]
+    ips.sort(key=lambda d: d == "digits")
+    names = [*ips, "digits", *(n for n, folder in CIFAR_FOLDERS.items() if (root / folder).is_dir()),
+             *(r["dataset"] for r in runs if r.get("dataset"))]
+    return list(dict.fromkeys(names))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -57,7 +59,7 @@ def main() -> None:
     with st.sidebar:
         st.header("Pair")
         dataset = st.selectbox("Dataset", available_datasets(runs), key="swap_dataset")
-        ds_runs = [r for r in runs if r.get("dataset") == dataset and r.get("epochs_done")]
+        ds_runs = [r for r in common.model_runs(runs) if r.get("dataset") == dataset]
         ips_first = sorted(ds_runs, key=lambda r: "ips" not in str(r.get("method")))
         run = common.pick_run("Trained run (optional)", ips_first, key="swap_run",
                               index=1 if ips_first else 0, allow_none="no model",
@@ -70,13 +72,15 @@ def main() -> None:
             st.error(f"Cannot use run {run['name']}: {common.one_line(e)}")
             run = None
     try:
-        data = (common.run_test_split(config) if config is not None
-                else common.test_split(dataset, None, common.data_root()))
+        data = (common.run_test_split(config, run["path"]) if config is not None
+                else common.dataset_test_split(dataset, runs))
     except Exception as e:
         st.error(f"Cannot load the {dataset} data: {common.one_line(e)}")
         return
     classes, y, x = data["classes"], data["y"], data["x"]
     h, w = x.shape[-2:]
+    if data.get("note"):
+        st.caption(data["note"])
 
     gmax = int(min(h, w, 16))
     # another dataset or image size may cut the ranges the widgets remember

@@ -24,7 +24,7 @@ VERDICTS = {"over-confident": "over-confident (predictions sharper than its accu
 
 
 def main() -> None:
-    runs = [r for r in common.require_runs() if r.get("epochs_done")]
+    runs = common.model_runs(common.require_runs())
     if not runs:
         st.info("No run has finished an epoch yet.")
         return

@@ -19,7 +19,7 @@ from ipskit.swap import apply_swap, draw_swap
 
 
 def main() -> None:
-    runs = [r for r in common.require_runs() if r.get("epochs_done")]
+    runs = common.model_runs(common.require_runs())
     if not runs:
         st.info("No run has finished an epoch yet.")
         return
@@ -56,7 +56,7 @@ def main() -> None:
                           horizontal=True)
         alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha")
     try:
-        data = common.run_test_split(c_left)
+        data = common.run_test_split(c_left, left["path"])
     except Exception as e:
         st.error(f"Cannot load the {c_left.get('dataset')} data: {common.one_line(e)}")
         return
