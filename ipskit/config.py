@@ -116,7 +116,7 @@ class TrainConfig:
         "--no-detach-target with symmetric KL and no T^2 is the blog's intent.", group="method")
     t2_scale: bool = setting(
         False, "IPS: multiply the KL by T^2 (Hinton et al.). Off by default: at CPU scale it "
-        "over-smoothed predictions (see METHOD.md).", group="method")
+        "over-smoothed predictions (see docs/METHOD.md).", group="method")
     smoothing: float = setting(
         0.1, "label_smoothing method: epsilon in [0, 1). 0.1, the usual value (Szegedy et al. "
         "2016).", group="method")

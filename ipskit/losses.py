@@ -1,7 +1,7 @@
 """The IPS loss: cross-entropy on both swapped images plus a KL term aligning their predictions.
 
 From "Intra-class Patch Swap for Self-Distillation" (Choi et al., 2025), as ipskit defines it
-(METHOD.md):
+(docs/METHOD.md, "The loss"):
 
     L  = gamma * (CE(z_a, y) + CE(z_b, y)) / 2 + alpha * KD
     KD = (KL(p_b || p_a) + KL(p_a || p_b)) / 2,   p = softmax(z / T)
@@ -9,8 +9,8 @@ From "Intra-class Patch Swap for Self-Distillation" (Choi et al., 2025), as ipsk
 In ``KL(p_b || p_a)`` the target is ``p_b`` and the student ``p_a``; with ``detach_target``
 (default, as in CS-KD) no gradient flows through the target side, so each image is pulled
 towards its partner's prediction without pulling the partner back through the same term.
-Defaults: T = 4, alpha = gamma = 1, no T^2 factor (METHOD.md explains why: with T^2 the
-predictions were over-smoothed at CPU scale).
+Defaults: T = 4, alpha = gamma = 1, no T^2 factor (docs/METHOD.md, "Open choices, defaults
+and evidence", explains why: with T^2 the predictions were over-smoothed at CPU scale).
 
 Usage:
     out = ips_loss(model(x_a), model(x_b), y)
@@ -122,7 +122,7 @@ def ips_loss(logits_a: Tensor, logits_b: Tensor, labels: Tensor, temperature: fl
         kd_direction: "symmetric" (both KL directions, averaged) or "confident" (per pair, the
             side with the higher true-class probability is the teacher; one KL term).
         detach_target: stop gradients through the target side of each KL (default True).
-        t2_scale: multiply KD by T^2 as in Hinton et al. (default False, see METHOD.md).
+        t2_scale: multiply KD by T^2 as in Hinton et al. (default False, see docs/METHOD.md).
     Returns:
         IPSLossOutput(loss, ce, kd) with scalar tensors; ``ce`` and ``kd`` are unweighted.
     """

@@ -5,7 +5,8 @@ arXiv 2505.14124). Two images of the same class are cut into the same g x g grid
 subset of cells is exchanged at the same positions, so one result tends to keep the
 discriminative parts and the other the weak ones.
 
-The random choices and their application are kept apart (STYLE.md, rule 3):
+The random choices and their application are kept apart (docs/ARCHITECTURE.md, Conventions,
+"Randomness apart from application"):
 
     decision = draw_swap(batch_size=B, grid=4, pr=0.5, generator=g)   # which pairs, which cells
     x_a2, x_b2 = apply_swap(x_a, x_b, decision)                       # deterministic
