@@ -22,7 +22,7 @@ from ipskit.config import METHOD_NAMES, TrainConfig
 from ipskit.methods import build_method
 from ipskit.runs import list_runs, load_model, load_run
 from ipskit.sweep import run_demo, run_sweep
-from ipskit.train import fit, train_one_epoch  # (ipskit.evaluate is the evaluation module)
+from ipskit.train import evaluate_epoch, fit, train_one_epoch
 
 __version__ = "0.1.0"
 
@@ -31,6 +31,6 @@ __all__ = [
     "SameClassPairSampler", "split_pair",
     "PatchSwap", "SwapDecision", "apply_swap", "draw_swap", "patch_swap", "pixel_mask",
     "TrainConfig", "METHOD_NAMES", "build_method", "list_runs", "load_model", "load_run",
-    "run_demo", "run_sweep", "fit", "train_one_epoch",
+    "run_demo", "run_sweep", "fit", "train_one_epoch", "evaluate_epoch",
     "__version__",
 ]

@@ -12,8 +12,9 @@ Usage:
     dataclasses.asdict(cfg)                                      # what config.json holds
 
 Bad values raise ``ValueError`` with one line naming the field, the value and what is allowed.
-Names that need a registry (dataset, model) are checked against ``ipskit.data`` and
-``ipskit.models``; the grid is checked against the image size once the data is loaded.
+Method, dataset and model names are checked against ``ipskit.registry`` (which imports
+nothing from the rest of ipskit); the grid is checked against the image size once the data is
+loaded.
 """
 from __future__ import annotations
 
@@ -23,15 +24,9 @@ from dataclasses import dataclass, field
 
 __all__ = ["TrainConfig", "METHOD_NAMES", "MIXERS", "SCHEDULES", "KD_DIRECTIONS", "NOISE_KINDS"]
 
-# Base methods, and the batch regularisers that can ride on IPS as "ips+<mixer>".
-MIXERS = ("cutmix", "mixup", "cutout")
-METHOD_NAMES = ("ce", "ips", "label_smoothing", "cskd", *MIXERS, *(f"ips+{m}" for m in MIXERS))
+from ipskit.registry import DATASETS, IMAGEFOLDER, METHOD_NAMES, METHODS, MIXERS, MODELS, swaps_patches
+
 SCHEDULES = ("cosine", "step")
-
-
-def swaps_patches(method) -> bool:
-    """Whether a method name is IPS or IPS plus a mixer, i.e. uses ``grid`` and ``pr``."""
-    return method == "ips" or str(method).startswith("ips+")
 
 
 KD_DIRECTIONS = ("symmetric", "confident")  # as ipskit.losses.KD_DIRECTIONS
@@ -193,8 +188,9 @@ class TrainConfig:
 
     @property
     def uses_pairs(self) -> bool:
-        """True for methods trained on same-class pairs (ips, ips+..., cskd)."""
-        return self.method == "cskd" or self.method.startswith("ips")
+        """True for methods trained on same-class pairs (ips, ips+..., cskd): the registry's
+        ``needs_pairs``, which also decides the layout the method's step expects."""
+        return METHODS[self.method].needs_pairs
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -318,19 +314,15 @@ def _check_device(device: str):
 
 
 def _check_dataset(name: str):
-    from ipskit import data
-
-    if name.startswith("imagefolder:"):
-        if not name.split(":", 1)[1]:
+    if name.startswith(IMAGEFOLDER):
+        if not name[len(IMAGEFOLDER):]:
             raise ValueError("dataset imagefolder:PATH needs a path after the colon")
         return
-    if name not in data.DATASETS:
+    if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: "
-                         f"{', '.join(data.DATASETS)}, imagefolder:PATH")
+                         f"{', '.join(DATASETS)}, imagefolder:PATH")
 
 
 def _check_model(name: str):
-    from ipskit.models import MODELS
-
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")

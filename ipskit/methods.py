@@ -17,8 +17,11 @@ Methods compared in the IPS paper (Choi et al., Neurocomputing 2025) and its pee
   applied identically to both sides of every pair, so the two sides still share one (soft)
   label and the KL compares like with like.
 
-Pair methods (``needs_pairs``) expect the batch of a :class:`ipskit.pairs.SameClassPairSampler`
-loader: 2B images, anchors then partners. Every method has the same interface:
+Which class implements which ``--method`` name, and whether it needs pairs, is decided in one
+place, ``ipskit.registry.METHODS``; ``build_method`` checks that a class's ``needs_pairs``
+agrees with its entry. Pair methods expect the batch of a
+:class:`ipskit.pairs.SameClassPairSampler` loader: 2B images, anchors then partners. Every
+method has the same interface:
 
     method = build_method(cfg, num_classes=10, fill=bundle.mean)
     out = method.step(model, x, y, generator)      # x [N, C, H, W] in [0, 1], y [N]
@@ -39,13 +42,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from ipskit.config import swaps_patches
 from ipskit.losses import ips_loss, kl_divergence
 from ipskit.pairs import split_pair
+from ipskit.registry import MethodSpec, method_spec
 from ipskit.swap import patch_swap
 
-__all__ = ["StepOutput", "Method", "CrossEntropy", "Mixed", "CSKD", "IPS", "Mixer", "CutMixer",
-           "Cutout", "draw_cutout", "apply_cutout", "build_method"]
+__all__ = ["StepOutput", "Method", "CrossEntropy", "Mixed", "CSKD", "IPS", "Mixer", "TorchvisionMix",
+           "CutMixer", "Cutout", "draw_cutout", "apply_cutout", "build_mixer", "build_method"]
 
 
 @dataclass
@@ -89,7 +92,7 @@ def _seed_from(generator: torch.Generator) -> int:
     return int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
 
 
-class CutMixer(Mixer):
+class TorchvisionMix(Mixer):
     """CutMix or MixUp through torchvision v2, with probability ``prob`` per batch.
 
     Args:
@@ -118,6 +121,9 @@ class CutMixer(Mixer):
         # 2. Apply the same draw to every batch: pairs keep a shared (soft) label.
         mixed = [self.transform.transform(x, params) for x in xs]
         return mixed, self.transform.transform(y, params)
+
+
+CutMixer = TorchvisionMix  # deprecated name (it does MixUp too); kept for one release
 
 
 def draw_cutout(batch_size: int, height: int, width: int, size: int,
@@ -175,9 +181,16 @@ class Cutout(Mixer):
 # ----- methods --------------------------------------------------------------------------------
 class Method:
     """Base class: ``step(model, x, y, generator) -> StepOutput``; ``needs_pairs`` says whether
-    ``x`` must come from a same-class pair sampler (2B images, anchors then partners)."""
+    ``x`` must come from a same-class pair sampler (2B images, anchors then partners), and must
+    agree with the method's ``ipskit.registry`` entry."""
 
     needs_pairs = False
+
+    @classmethod
+    def from_config(cls, cfg, spec: MethodSpec, num_classes: int, image_size: int,
+                    fill) -> "Method":
+        """The method with the settings ``cfg`` gives it (see ``spec.settings``)."""
+        raise NotImplementedError
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
              ) -> StepOutput:
@@ -199,6 +212,10 @@ class CrossEntropy(Method):
     def __init__(self, smoothing: float = 0.0):
         self.smoothing = smoothing
 
+    @classmethod
+    def from_config(cls, cfg, spec, num_classes, image_size, fill):
+        return cls(cfg.smoothing if "smoothing" in spec.settings else 0.0)
+
     def step(self, model, x, y, generator):
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.smoothing)
@@ -210,6 +227,10 @@ class Mixed(Method):
 
     def __init__(self, mixer: Mixer):
         self.mixer = mixer
+
+    @classmethod
+    def from_config(cls, cfg, spec, num_classes, image_size, fill):
+        return cls(build_mixer(spec.mixer, cfg, num_classes, image_size, fill))
 
     def step(self, model, x, y, generator):
         (x,), target = self.mixer([x], y, generator)
@@ -230,6 +251,10 @@ class CSKD(Method):
 
     def __init__(self, temperature: float = 4.0, lam: float = 1.0):
         self.temperature, self.lam = temperature, lam
+
+    @classmethod
+    def from_config(cls, cfg, spec, num_classes, image_size, fill):
+        return cls(cfg.cskd_temperature, cfg.cskd_lambda)
 
     def step(self, model, x, y, generator):
         x_a, x_b, y = split_pair(x, y, check_labels=False)
@@ -259,6 +284,14 @@ class IPS(Method):
         self.grid, self.pr, self.swap_fraction = grid, pr, swap_fraction
         self.loss_kwargs, self.mixer = dict(loss_kwargs or {}), mixer
 
+    @classmethod
+    def from_config(cls, cfg, spec, num_classes, image_size, fill):
+        mixer = build_mixer(spec.mixer, cfg, num_classes, image_size, fill) if spec.mixer else None
+        loss_kwargs = dict(temperature=cfg.temperature, alpha=cfg.alpha, gamma=cfg.gamma,
+                           kd_direction=cfg.kd_direction, detach_target=cfg.detach_target,
+                           t2_scale=cfg.t2_scale)
+        return cls(cfg.check_image_size(image_size), cfg.pr, cfg.swap_fraction, loss_kwargs, mixer)
+
     def step(self, model, x, y, generator):
         # 1. Pairs from the sampler's layout; 2. swap; 3. optional mixer on both sides alike.
         x_a, x_b, y = split_pair(x, y, check_labels=False)
@@ -275,15 +308,16 @@ class IPS(Method):
                           torch.cat([y, y]))
 
 
-def _mixer(kind: str, cfg, num_classes: int, image_size: int, fill) -> Mixer:
+def build_mixer(kind: str, cfg, num_classes: int, image_size: int, fill) -> Mixer:
+    """The mixer named ``kind`` (one of ``ipskit.registry.MIXERS``) with ``cfg``'s settings."""
     if kind == "cutout":
         return Cutout(cfg.cutout_size or max(1, image_size // 2), fill)
-    return CutMixer(kind, num_classes, cfg.mix_alpha, cfg.mix_prob)
+    return TorchvisionMix(kind, num_classes, cfg.mix_alpha, cfg.mix_prob)
 
 
 def build_method(cfg, num_classes: int, image_size: int, fill: Sequence[float] | float = 0.5
                  ) -> Method:
-    """The method a TrainConfig names, with its settings.
+    """The method a TrainConfig names, with its settings, as its registry entry says.
 
     Args:
         cfg: a TrainConfig (reads method and that method's settings).
@@ -291,19 +325,16 @@ def build_method(cfg, num_classes: int, image_size: int, fill: Sequence[float] |
         fill: Cutout fill value(s) in [0, 1], e.g. the dataset mean.
     Returns:
         A Method.
+    Raises:
+        ValueError for an unknown method; TypeError if the registry and the class disagree on
+        pairs (a bug in a new method: the sampler would feed the step the wrong layout).
     """
-    name = cfg.method
-    if name in ("ce", "label_smoothing"):
-        return CrossEntropy(cfg.smoothing if name == "label_smoothing" else 0.0)
-    if name in ("cutmix", "mixup", "cutout"):
-        return Mixed(_mixer(name, cfg, num_classes, image_size, fill))
-    if name == "cskd":
-        return CSKD(cfg.cskd_temperature, cfg.cskd_lambda)
-    if swaps_patches(name):
-        mixer = _mixer(name[4:], cfg, num_classes, image_size, fill) if "+" in name else None
-        loss_kwargs = dict(temperature=cfg.temperature, alpha=cfg.alpha, gamma=cfg.gamma,
-                           kd_direction=cfg.kd_direction, detach_target=cfg.detach_target,
-                           t2_scale=cfg.t2_scale)
-        return IPS(cfg.check_image_size(image_size), cfg.pr, cfg.swap_fraction, loss_kwargs,
-                   mixer)
-    raise ValueError(f"unknown method {name!r}")
+    spec = method_spec(cfg.method)
+    cls = globals().get(spec.step_class)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"registry entry {spec.name!r} names {spec.step_class!r}, which is not "
+                        f"a Method class in ipskit.methods")
+    if cls.needs_pairs != spec.needs_pairs:
+        raise TypeError(f"{cls.__name__}.needs_pairs is {cls.needs_pairs} but the registry "
+                        f"entry {spec.name!r} says {spec.needs_pairs}")
+    return cls.from_config(cfg, spec, num_classes, image_size, fill)

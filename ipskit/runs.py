@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ipskit.config import swaps_patches
+from ipskit.registry import swaps_patches
 
 __all__ = ["CONFIG", "METRICS", "SUMMARY", "ENV", "CHECKPOINT", "EVAL", "atomic_write",
            "atomic_write_text", "atomic_write_json", "atomic_write_jsonl", "atomic_torch_save",

@@ -26,7 +26,8 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from ipskit.config import TrainConfig, swaps_patches
+from ipskit.config import TrainConfig
+from ipskit.registry import swaps_patches
 from ipskit.runs import atomic_write_text
 from ipskit.train import fit
 

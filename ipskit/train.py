@@ -1,4 +1,4 @@
-"""The training loop: ``train_one_epoch``, ``evaluate`` and ``fit``, kept visible on purpose.
+"""The training loop: ``train_one_epoch``, ``evaluate_epoch`` and ``fit``, kept visible on purpose.
 
 One recipe for every method in ``ipskit.methods`` (IPS, Choi et al. 2025, and its baselines):
 SGD with momentum, a cosine or step schedule stepped every iteration, the same data, the same
@@ -44,8 +44,8 @@ from ipskit import runs
 from ipskit.config import TrainConfig
 from ipskit.methods import Method, build_method
 
-__all__ = ["fit", "fit_or_reuse", "train_one_epoch", "evaluate", "resolve_device", "lr_factor", "derive_seed",
-           "prepare_data", "TrainData"]
+__all__ = ["fit", "fit_or_reuse", "train_one_epoch", "evaluate_epoch", "resolve_device", "lr_factor",
+           "derive_seed", "prepare_data", "TrainData"]
 
 # Settings that may differ on resume: where and how fast, not what is computed.
 _RESUME_FREE = {"out_dir", "data_root", "name", "device", "compile", "num_workers", "amp", "channels_last"}
@@ -96,7 +96,7 @@ def _autocast(device: torch.device, enabled: bool):
 
 # ----- one epoch ----------------------------------------------------------------------------
 def train_one_epoch(model: nn.Module, method: Method, loader, optimizer: torch.optim.Optimizer,
-                    scheduler, generator: torch.Generator, epoch: int, device: torch.device,
+                    scheduler, generator: torch.Generator, epoch: int, device: torch.device, *,
                     amp: bool = False, channels_last: bool = False, progress: bool = True,
                     desc: str = "train", sync_every: int = 10) -> dict:
     """Train for one pass over ``loader``.
@@ -173,8 +173,8 @@ def train_one_epoch(model: nn.Module, method: Method, loader, optimizer: torch.o
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False,
-             channels_last: bool = False) -> dict:
+def evaluate_epoch(model: nn.Module, loader, device: torch.device, *, amp: bool = False,
+                   channels_last: bool = False) -> dict:
     """Accuracy, loss and calibration of ``model`` over ``loader`` (eval mode).
 
     Args:
@@ -199,6 +199,17 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False,
     return {"test_acc": M.accuracy(z, y), "test_loss": M.nll(z, y),
             "ece": M.expected_calibration_error(z, y),
             "mean_max_prob": float(z.softmax(dim=1).max(dim=1).values.mean())}
+
+
+def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False,
+             channels_last: bool = False) -> dict:
+    """Deprecated name of :func:`evaluate_epoch` (it shadowed the ``ipskit.evaluate`` module);
+    kept for one release."""
+    import warnings
+
+    warnings.warn("ipskit.train.evaluate is renamed evaluate_epoch", DeprecationWarning,
+                  stacklevel=2)
+    return evaluate_epoch(model, loader, device, amp=amp, channels_last=channels_last)
 
 
 # ----- data ------------------------------------------------------------------------------------
@@ -335,16 +346,31 @@ def _init_distributed(device_name: str) -> tuple[int, int, int, bool]:
     return dist.get_world_size(), dist.get_rank(), local, True
 
 
+def _git_commit(package_dir: str | os.PathLike | None = None) -> str | None:
+    """The commit of the ipskit checkout this code runs from, or None: an installed copy, or a
+    package that merely sits inside some other project's git repository, has no commit of its
+    own (the repository's top level must be the folder holding the package)."""
+    here = Path(package_dir or Path(__file__).parent).resolve()
+
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if not top or Path(top).resolve() != here.parent:
+            return None
+        return git("rev-parse", "HEAD") or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _env_info(device: torch.device, world: int) -> dict:
     import torchvision
 
     from ipskit import __version__
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit = _git_commit()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return {"python": sys.version.split()[0], "torch": torch.__version__,
             "torchvision": torchvision.__version__, "ipskit": __version__,
@@ -516,9 +542,10 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
             gen.manual_seed(derive_seed(cfg.seed, epoch, rank, 0))
             torch.manual_seed(derive_seed(cfg.seed, epoch, rank, 3))
             row = train_one_epoch(net, method, data.train_loader, optimizer, scheduler, gen,
-                                  epoch, device, amp, channels_last, progress,
-                                  desc=f"{cfg.method} {epoch}/{cfg.epochs}")
-            row.update(evaluate(model, data.test_loader, device, amp, channels_last))
+                                  epoch, device, amp=amp, channels_last=channels_last,
+                                  progress=progress, desc=f"{cfg.method} {epoch}/{cfg.epochs}")
+            row.update(evaluate_epoch(model, data.test_loader, device, amp=amp,
+                                      channels_last=channels_last))
             row = {"epoch": epoch, **row, "epoch_time_s": time.perf_counter() - t0}
             history.append(row)
             if rank == 0:

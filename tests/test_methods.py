@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ipskit.config import METHOD_NAMES, TrainConfig
-from ipskit.methods import (CSKD, IPS, CrossEntropy, Cutout, CutMixer, Mixed, apply_cutout,
+from ipskit.methods import (CSKD, IPS, CrossEntropy, Cutout, CutMixer, Mixed, TorchvisionMix,
+                            apply_cutout,
                             build_method, draw_cutout)
 from ipskit.swap import patch_swap
 from ipskit.train import fit
@@ -167,7 +168,8 @@ def test_build_method_types():
     assert build("label_smoothing").smoothing == 0.1
     assert isinstance(build("cutmix"), Mixed) and isinstance(build("cskd"), CSKD)
     assert isinstance(build("cutout").mixer, Cutout) and build("cutout").mixer.size == 8
-    assert isinstance(build("ips+mixup").mixer, CutMixer) and build("ips").mixer is None
+    assert isinstance(build("ips+mixup").mixer, TorchvisionMix) and build("ips").mixer is None
+    assert CutMixer is TorchvisionMix  # the deprecated name still works
     with pytest.raises(ValueError, match="grid 32 cannot split 16x16"):
         build_method(TrainConfig(method="ips", grid=32), K, 16)
 
@@ -179,3 +181,39 @@ def test_every_method_learns_digits(tmp_path, monkeypatch, name):
     s = fit(tiny(tmp_path, method=name, epochs=2, max_train_samples=640), progress=False,
             verbose=False)
     assert s["test_acc"] > 0.5, s
+
+
+def test_the_registry_decides_pairs_and_a_disagreeing_class_is_an_error(monkeypatch):
+    """One registry entry per method name; a class whose layout contradicts it cannot be built."""
+    import dataclasses
+
+    from ipskit import registry
+
+    assert registry.METHOD_NAMES == METHOD_NAMES
+    for name, spec in registry.METHODS.items():
+        assert TrainConfig(method=name).uses_pairs == spec.needs_pairs
+        assert registry.swaps_patches(name) == spec.swaps_patches == name.startswith("ips")
+    assert registry.swaps_patches("not-a-method") is False and registry.swaps_patches(None) is False
+    wrong = dataclasses.replace(registry.METHODS["ce"], step_class="CSKD")  # CSKD needs pairs
+    monkeypatch.setitem(registry.METHODS, "ce", wrong)
+    with pytest.raises(TypeError, match="CSKD.needs_pairs is True but the registry entry 'ce'"):
+        build_method(TrainConfig(method="ce"), K, 16)
+    monkeypatch.setitem(registry.METHODS, "ce", dataclasses.replace(wrong, step_class="split_pair"))
+    with pytest.raises(TypeError, match="not a Method class"):
+        build_method(TrainConfig(method="ce"), K, 16)
+
+
+def test_config_names_come_from_the_registry_not_from_data_or_models():
+    """config.py imports no other ipskit module than the registry (no upward imports), and the
+    registry's names are exactly what models and data build."""
+    import ast
+    from pathlib import Path
+
+    import ipskit.config
+    from ipskit import models, registry
+
+    tree = ast.parse(Path(ipskit.config.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in imported if m and m.startswith("ipskit")} == {"ipskit.registry"}
+    assert tuple(models.MODELS) == registry.MODELS

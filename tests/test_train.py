@@ -224,3 +224,41 @@ def test_fit_or_reuse_returns_a_finished_run_whatever_its_settings(tmp_path, mon
     cache_datasets(monkeypatch)
     assert T.fit_or_reuse(cfg, progress=False, verbose=False) == run_dir
     assert (run_dir / "summary.json").exists()
+
+
+def test_env_commit_only_from_ipskits_own_checkout(tmp_path):
+    """env.json's git_commit names ipskit's commit, never that of a repo that merely encloses
+    an installed or vendored copy."""
+    import subprocess
+
+    from ipskit.train import _git_commit
+
+    def git(cwd, *args):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    for layout in ("own", "foreign"):
+        repo = tmp_path / layout
+        pkg = repo / "ipskit" if layout == "own" else repo / "vendor" / "lib" / "ipskit"
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        git(repo, "init", "-q")
+        git(repo, "add", ".")
+        git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+        expected = git(repo, "rev-parse", "HEAD") if layout == "own" else None
+        assert _git_commit(pkg) == expected, layout
+    assert _git_commit(tmp_path / "not-a-repo") is None
+
+
+def test_evaluate_is_a_deprecated_alias_of_evaluate_epoch():
+    from ipskit.data import InMemoryLoader
+    from ipskit.models import build_model
+    from ipskit.train import evaluate, evaluate_epoch
+
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 3, 1, 8)
+    x, y = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8), torch.arange(20) % 3
+    loader = InMemoryLoader(x, y, 8, shuffle=False)
+    with pytest.warns(DeprecationWarning, match="renamed evaluate_epoch"):
+        old = evaluate(model, loader, torch.device("cpu"))
+    assert old == evaluate_epoch(model, loader, torch.device("cpu"))
