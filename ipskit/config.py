@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["TrainConfig", "METHOD_NAMES", "MIXERS", "SCHEDULES", "KD_DIRECTIONS", "NOISE_KINDS"]
 
+from ipskit.checks import InputError
 from ipskit.registry import DATASETS, IMAGEFOLDER, METHOD_NAMES, METHODS, MIXERS, MODELS, swaps_patches
 
 SCHEDULES = ("cosine", "step")
@@ -230,14 +231,14 @@ class TrainConfig:
         for name in ("alpha", "gamma", "cskd_lambda", "weight_decay", "warmup_epochs"):
             _at_least(name, getattr(self, name), 0)
         if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs {self.warmup_epochs} must be below epochs "
+            raise InputError(f"warmup_epochs {self.warmup_epochs} must be below epochs "
                              f"{self.epochs}")
         _check_device(self.device)
         if not self.out_dir:
-            raise ValueError("out_dir must be a non-empty path")
+            raise InputError("out_dir must be a non-empty path")
         if self.name is not None and (not self.name.strip("/") or ".." in self.name.split("/")
                                       or self.name.startswith("/")):
-            raise ValueError(f"name {self.name!r} must be a relative folder name inside "
+            raise InputError(f"name {self.name!r} must be a relative folder name inside "
                              f"out_dir (no '..', not absolute)")
 
     def check_image_size(self, image_size: int) -> int:
@@ -250,15 +251,15 @@ class TrainConfig:
         """
         if self.patch_size is not None:
             if image_size % self.patch_size or self.patch_size >= image_size:
-                raise ValueError(f"patch_size {self.patch_size} does not split {image_size}x"
+                raise InputError(f"patch_size {self.patch_size} does not split {image_size}x"
                                  f"{image_size} images into 2 or more whole patches per side; "
                                  f"use a divisor of {image_size} or --grid")
             return image_size // self.patch_size
         if self.grid > image_size:
-            raise ValueError(f"grid {self.grid} cannot split {image_size}x{image_size} images "
+            raise InputError(f"grid {self.grid} cannot split {image_size}x{image_size} images "
                              f"(a patch needs at least 1 pixel); use grid <= {image_size}")
         if self.method.endswith("cutout") and (self.cutout_size or 0) > image_size:
-            raise ValueError(f"cutout_size {self.cutout_size} is larger than the {image_size}"
+            raise InputError(f"cutout_size {self.cutout_size} is larger than the {image_size}"
                              f"-pixel image side")
         return self.grid
 
@@ -277,7 +278,7 @@ def _check_type(name, value, annotation: str):
     want = _TYPES[base]
     ok = isinstance(value, want) and (base == "bool" or not isinstance(value, bool))
     if base == "float" and isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise InputError(f"{name} must be a finite number, got {value!r}")
     if not ok:
         raise TypeError(f"{name} must be {base}{' or None' if optional else ''}, got "
                         f"{type(value).__name__} {value!r}")
@@ -285,17 +286,17 @@ def _check_type(name, value, annotation: str):
 
 def _choice(name, value, allowed):
     if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+        raise InputError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
 
 
 def _at_least(name, value, lo, why=""):
     if value < lo:
-        raise ValueError(f"{name} must be >= {lo}{' ' + why if why else ''}, got {value!r}")
+        raise InputError(f"{name} must be >= {lo}{' ' + why if why else ''}, got {value!r}")
 
 
 def _positive(name, value):
     if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+        raise InputError(f"{name} must be > 0, got {value!r}")
 
 
 def _in_range(name, value, lo, hi, lo_open=False, hi_open=False):
@@ -303,26 +304,26 @@ def _in_range(name, value, lo, hi, lo_open=False, hi_open=False):
     bad = bad or (value >= hi if hi_open else value > hi)
     if bad:
         interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+        raise InputError(f"{name} must be in {interval}, got {value!r}")
 
 
 def _check_device(device: str):
     kind = device.split(":")[0]
     if kind not in ("auto", "cpu", "cuda", "mps") or (":" in device and (
             kind != "cuda" or not device.split(":", 1)[1].isdigit())):
-        raise ValueError(f"device {device!r} is not one of: auto, cpu, cuda, cuda:N, mps")
+        raise InputError(f"device {device!r} is not one of: auto, cpu, cuda, cuda:N, mps")
 
 
 def _check_dataset(name: str):
     if name.startswith(IMAGEFOLDER):
         if not name[len(IMAGEFOLDER):]:
-            raise ValueError("dataset imagefolder:PATH needs a path after the colon")
+            raise InputError("dataset imagefolder:PATH needs a path after the colon")
         return
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: "
+        raise InputError(f"unknown dataset {name!r}; choose one of: "
                          f"{', '.join(DATASETS)}, imagefolder:PATH")
 
 
 def _check_model(name: str):
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+        raise InputError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ipskit.checks import InputError
 from ipskit import metrics, plots, robustness
 from ipskit.runs import CHECKPOINT, CONFIG, EVAL, atomic_write_json, atomic_write_text, load_model, read_json
 
@@ -66,29 +67,29 @@ SPLIT_SEED = 0  # seeds the test-subset choice and the temperature-fitting half;
 def _check_settings(what, epsilons, corruptions, severities, max_samples, cifar_c) -> None:
     unknown = [w for w in what if w not in KINDS]
     if unknown or not what:
-        raise ValueError(f"unknown evaluation {unknown or what!r}; choose from {', '.join(KINDS)}")
+        raise InputError(f"unknown evaluation {unknown or what!r}; choose from {', '.join(KINDS)}")
     for e in epsilons:
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 <= float(e) <= 1.0:
-            raise ValueError(f"epsilons must be numbers in [0, 1] (pixel units of a [0, 1] image), got {e!r}")
+            raise InputError(f"epsilons must be numbers in [0, 1] (pixel units of a [0, 1] image), got {e!r}")
     known = robustness.CORRUPTIONS if "corruptions" in what else robustness.CIFAR_C_NAMES
     for n in corruptions or ():
         if n not in known:
-            raise ValueError(f"unknown corruption {n!r}; known corruptions: {', '.join(known)}")
+            raise InputError(f"unknown corruption {n!r}; known corruptions: {', '.join(known)}")
     for s in severities:
         if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5:
-            raise ValueError(f"corruption severities must be integers in 1..5, got {s!r}")
+            raise InputError(f"corruption severities must be integers in 1..5, got {s!r}")
     if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
                                     or max_samples < 2):
-        raise ValueError(f"max_samples must be an integer >= 2 or None (all), got {max_samples!r}")
+        raise InputError(f"max_samples must be an integer >= 2 or None (all), got {max_samples!r}")
     if "cifar_c" in what and not cifar_c:
-        raise ValueError("the cifar_c evaluation needs the folder of the CIFAR-10-C/100-C .npy files (--cifar-c PATH)")
+        raise InputError("the cifar_c evaluation needs the folder of the CIFAR-10-C/100-C .npy files (--cifar-c PATH)")
 
 
 def _check_run(run_dir: Path) -> None:
     if not (run_dir / CONFIG).is_file():
-        raise ValueError(f"{run_dir} is not an ipskit run folder (no {CONFIG}); pass a folder made by ipskit train")
+        raise InputError(f"{run_dir} is not an ipskit run folder (no {CONFIG}); pass a folder made by ipskit train")
     if not (run_dir / CHECKPOINT).is_file():
-        raise ValueError(f"{run_dir} has no {CHECKPOINT} (training has not finished an epoch); nothing to evaluate")
+        raise InputError(f"{run_dir} has no {CHECKPOINT} (training has not finished an epoch); nothing to evaluate")
 
 
 def _test_set(config: dict, model, max_samples: int | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,9 +100,9 @@ def _test_set(config: dict, model, max_samples: int | None, progress: bool) -> t
     try:
         bundle = load_dataset(name, root=config.get("data_root", "data"), image_size=config.get("image_size"))
     except DatasetUnavailableError as e:
-        raise ValueError(f"cannot load the test set of {name!r}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"cannot load the test set of {name!r}: {str(e).splitlines()[0]}") from None
     if bundle.in_channels != model.in_channels or bundle.num_classes != model.num_classes:
-        raise ValueError(
+        raise InputError(
             f"the checkpoint is for {model.in_channels}-channel images and {model.num_classes} classes, but dataset "
             f"{name!r} has {bundle.in_channels} channels and {bundle.num_classes} classes"
         )
@@ -124,13 +125,13 @@ def _fingerprint(run_dir: Path) -> dict:
 
 def _cifar_c_result(model, x, y, root, names, severities, max_samples, batch_size, device, progress) -> dict:
     if model.in_channels != 3:
-        raise ValueError(f"CIFAR-C images have 3 channels but this model takes {model.in_channels}")
+        raise InputError(f"CIFAR-C images have 3 channels but this model takes {model.in_channels}")
     table: dict[str, dict[str, float]] = {}
     for n in tqdm(names, desc="CIFAR-C", disable=not progress, leave=False):
         for s in severities:
             xc, yc = robustness.load_cifar_c(root, n, s)
             if int(yc.max()) >= model.num_classes:
-                raise ValueError(f"CIFAR-C labels go up to {int(yc.max())} but the model has "
+                raise InputError(f"CIFAR-C labels go up to {int(yc.max())} but the model has "
                                  f"{model.num_classes} classes")
             if max_samples is not None and max_samples < len(yc):
                 keep = torch.randperm(len(yc), generator=torch.Generator().manual_seed(SPLIT_SEED))[:max_samples]
@@ -211,7 +212,7 @@ def evaluate_run(
     dev = resolve_device(device)
     model, config = load_model(run_dir, dev)
     if config.get("model") and str(config["model"]).lower() != model.name:
-        raise ValueError(f"{run_dir / CHECKPOINT} holds a {model.name} but {CONFIG} says model {config['model']!r}")
+        raise InputError(f"{run_dir / CHECKPOINT} holds a {model.name} but {CONFIG} says model {config['model']!r}")
     x, y = _test_set(config, model, max_samples, progress)
     logits = None
     for kind in todo:
@@ -284,7 +285,7 @@ def compare_runs(run_dirs, out_dir: str | os.PathLike | None = None, what=DEFAUL
     """
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
-        raise ValueError("no run folders given; pass one or more folders made by ipskit train")
+        raise InputError("no run folders given; pass one or more folders made by ipskit train")
     names = _names(run_dirs)
     evals = {n: evaluate_run(r, what=what, **eval_kwargs) for n, r in zip(names, run_dirs)}
     configs = {n: read_json(r / CONFIG, {}) for n, r in zip(names, run_dirs)}

@@ -3,8 +3,8 @@
 Everything that depends on a method's identity is derived from its :class:`MethodSpec` here:
 the pair sampler (``needs_pairs``), the IPS columns of run lists and sweep tables
 (``swaps_patches``), the settings a method reads, and the class that implements its step
-(``ipskit.methods``, looked up by name so that this module imports nothing heavier than the
-standard library and ``ipskit.config`` can check names without importing torch models or data).
+(``ipskit.methods``, looked up by name so that this module imports nothing but the leaf
+``ipskit.checks``, and ``ipskit.config`` can check names without importing models or data).
 
 Adding a method is one class in ``ipskit/methods.py`` (a ``Method`` with a ``from_config``
 classmethod) plus one entry in :data:`METHODS` (docs/ARCHITECTURE.md shows an example).
@@ -16,6 +16,8 @@ Usage:
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ipskit.checks import InputError
 
 __all__ = ["MethodSpec", "METHODS", "METHOD_NAMES", "MIXERS", "method_spec", "swaps_patches",
            "DATASETS", "IMAGEFOLDER", "MODELS"]
@@ -79,7 +81,7 @@ def method_spec(name: str) -> MethodSpec:
     try:
         return METHODS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHOD_NAMES)}") from None
+        raise InputError(f"unknown method {name!r}; choose one of: {', '.join(METHOD_NAMES)}") from None
 
 
 def swaps_patches(method) -> bool:

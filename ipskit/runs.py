@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ipskit.checks import InputError
 from ipskit.registry import swaps_patches
 
 __all__ = ["CONFIG", "METRICS", "SUMMARY", "ENV", "CHECKPOINT", "EVAL", "atomic_write",
@@ -87,7 +88,7 @@ def read_json(path: str | os.PathLike, default=None):
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+        raise InputError(f"{path} is not valid JSON ({e})") from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu",
@@ -112,14 +113,14 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu",
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"checkpoint {path} cannot be read (corrupt, truncated or not saved "
+        raise InputError(f"checkpoint {path} cannot be read (corrupt, truncated or not saved "
                          f"by ipskit): {first[:200]}") from None
     missing = [k for k in required if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         what = ("holds the weights only (an exported run): it cannot be resumed"
                 if isinstance(ckpt, dict) and ckpt.get("model_only") else
                 "is not an ipskit checkpoint")
-        raise ValueError(f"checkpoint {path} {what}: missing {', '.join(missing)}")
+        raise InputError(f"checkpoint {path} {what}: missing {', '.join(missing)}")
     return ckpt
 
 
@@ -206,7 +207,7 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0]
-        raise ValueError(f"checkpoint {run_dir / CHECKPOINT} does not match its model_info: "
+        raise InputError(f"checkpoint {run_dir / CHECKPOINT} does not match its model_info: "
                          f"{first[:200]}") from None
     return model.to(device).eval(), read_json(run_dir / CONFIG)
 
@@ -232,7 +233,7 @@ def export_run(run_dir: str | os.PathLike, dest: str | os.PathLike, max_bytes: i
             "model_only": True}
     size = sum(t.numel() * t.element_size() for t in ckpt["model"].values())
     if size > max_bytes:
-        raise ValueError(f"the weights of {run_dir} take {size / 1e6:.1f} MB; the limit is "
+        raise InputError(f"the weights of {run_dir} take {size / 1e6:.1f} MB; the limit is "
                          f"{max_bytes / 1e6:g} MB (use a smaller model)")
     dest.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG, METRICS, SUMMARY, ENV, EVAL):
@@ -251,7 +252,7 @@ def write_test_sample(path: str | os.PathLike, x: torch.Tensor, y: torch.Tensor,
     """
     x = torch.as_tensor(x)
     if x.dtype != torch.uint8 or x.dim() != 4 or len(y) != len(x):
-        raise ValueError(f"x must be uint8 [N, C, H, W] with one label each, got {x.dtype} "
+        raise InputError(f"x must be uint8 [N, C, H, W] with one label each, got {x.dtype} "
                          f"{tuple(x.shape)} and {len(y)} labels")
     path = Path(path)
     atomic_write(path, lambda f: np.savez_compressed(
@@ -266,9 +267,9 @@ def read_test_sample(path: str | os.PathLike) -> dict:
         with np.load(path, allow_pickle=False) as f:
             out = {"x": f["x"], "y": f["y"].astype(np.int64), "classes": [str(c) for c in f["classes"]]}
     except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{path} is not a test sample written by ipskit ({e})") from None
+        raise InputError(f"{path} is not a test sample written by ipskit ({e})") from None
     if out["x"].dtype != np.uint8 or out["x"].ndim != 4 or len(out["y"]) != len(out["x"]):
-        raise ValueError(f"{path} is not a test sample written by ipskit (bad shapes)")
+        raise InputError(f"{path} is not a test sample written by ipskit (bad shapes)")
     return out
 
 

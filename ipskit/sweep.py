@@ -26,6 +26,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from ipskit.checks import InputError
 from ipskit.config import TrainConfig
 from ipskit.registry import swaps_patches
 from ipskit.runs import atomic_write_text
@@ -53,11 +54,11 @@ def sweep_cells(values: dict[str, list], sweep_name: str) -> list[tuple[dict, Tr
         One (axis values, config) per cell, in the order of the product over the axes.
     """
     if "name" in values:
-        raise ValueError("a sweep names its runs itself (<sweep>/<axis>=<value>_...); drop "
+        raise InputError("a sweep names its runs itself (<sweep>/<axis>=<value>_...); drop "
                          "'name' from the values")
     empty = [k for k, v in values.items() if len(v) == 0]
     if empty:
-        raise ValueError(f"sweep values for {empty[0]!r} are empty; give at least one value")
+        raise InputError(f"sweep values for {empty[0]!r} are empty; give at least one value")
     fixed = {k: v[0] for k, v in values.items() if len(v) == 1}
     axes = {k: list(v) for k, v in values.items() if len(v) > 1}
     cells = []
@@ -103,7 +104,7 @@ def run_sweep(values: dict[str, list], sweep_name: str, csv_path: str | Path | N
         Path of the CSV, rewritten (atomically) after every cell.
     """
     if not sweep_name or sweep_name.startswith("/") or ".." in sweep_name.split("/"):
-        raise ValueError(f"sweep name {sweep_name!r} must be a relative folder name")
+        raise InputError(f"sweep name {sweep_name!r} must be a relative folder name")
     cells = sweep_cells(values, sweep_name)  # every cell validated before anything runs
     out_dir = cells[0][1].out_dir
     path = Path(csv_path) if csv_path else Path(out_dir) / sweep_name / "results.csv"
@@ -135,7 +136,7 @@ def read_results(path: str | Path, axes: tuple[str, ...] = ("grid", "pr")):
 
     df = pd.read_csv(path)
     if "run_dir" not in df.columns:
-        raise ValueError(f"{path} has no run_dir column: not a table written by ipskit sweep")
+        raise InputError(f"{path} has no run_dir column: not a table written by ipskit sweep")
 
     def setting(run_dir, axis):
         try:
@@ -158,7 +159,7 @@ def cell_summary(df, metric: str, by: tuple[str, ...] = ("grid", "pr")):
     """
     missing = [c for c in (*by, metric) if c not in df.columns]
     if missing:
-        raise ValueError(f"the table lacks column(s) {missing}; it has {list(df.columns)}")
+        raise InputError(f"the table lacks column(s) {missing}; it has {list(df.columns)}")
     return (df.dropna(subset=[*by, metric]).groupby(list(by))[metric]
             .agg(["mean", "std", "count"]).reset_index())
 
@@ -177,7 +178,7 @@ def method_table(root: str | Path) -> str:
 
     finished = [r for r in list_runs(root) if r["status"] == "finished"]
     if not finished:
-        raise ValueError(f"no finished runs under {root}")
+        raise InputError(f"no finished runs under {root}")
     by_method: dict[str, list[dict]] = {}
     for r in sorted(finished, key=lambda r: (r["method"] not in ("ce", "ips"), r["method"] != "ce")):
         by_method.setdefault(r["method"], []).append(r["summary"])

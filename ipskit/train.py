@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from ipskit.checks import InputError
 from ipskit import metrics as M
 from ipskit import runs
 from ipskit.config import TrainConfig
@@ -62,10 +63,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but CUDA is not available; use --device "
+        raise InputError(f"device {name!r} asked for but CUDA is not available; use --device "
                          f"cpu or auto")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} asked for but MPS is not available; use --device "
+        raise InputError(f"device {name!r} asked for but MPS is not available; use --device "
                          f"cpu or auto")
     return dev
 
@@ -162,7 +163,7 @@ def train_one_epoch(model: nn.Module, method: Method, loader, optimizer: torch.o
         bar.update(1)
     bar.close()
     if step < 0:
-        raise ValueError("the training loader yielded no batch; lower --batch-size")
+        raise InputError("the training loader yielded no batch; lower --batch-size")
     totals = torch.cat([sums, torch.tensor([n_total, m_total], device=device,
                                            dtype=torch.float64)])
     if dist.is_initialized():
@@ -267,7 +268,7 @@ def prepare_data(cfg: TrainConfig, device: torch.device, world: int = 1, rank: i
                                        cfg.label_noise_kind, seed=cfg.seed)
     per_rank = len(labels) // world
     if per_rank < cfg.batch_size:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {per_rank} training "
+        raise InputError(f"batch_size {cfg.batch_size} is larger than the {per_rank} training "
                          f"samples per process; lower --batch-size")
 
     # Pair methods: same-class pairs (2B indices per batch); otherwise a shuffled split.
@@ -390,12 +391,12 @@ def _resume_state(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return None
     if not (run_dir / runs.CONFIG).exists():  # never delete or reuse a folder that is not a run
-        raise ValueError(f"{run_dir} exists and is not an ipskit run folder (no "
+        raise InputError(f"{run_dir} exists and is not an ipskit run folder (no "
                          f"{runs.CONFIG}); choose another --name or --out-dir")
     if overwrite:
         return None
     if not resume:
-        raise ValueError(f"run folder {run_dir} already exists; pass --resume to continue it, "
+        raise InputError(f"run folder {run_dir} already exists; pass --resume to continue it, "
                          f"--overwrite to replace it, or --name for a new one")
     ckpt_path = run_dir / runs.CHECKPOINT
     if not ckpt_path.exists():
@@ -406,7 +407,7 @@ def _resume_state(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
     diff = [k for k in now if k not in _RESUME_FREE and saved.get(k, now[k]) != now[k]]
     if diff or not saved:
         k = diff[0] if diff else "config"
-        raise ValueError(f"checkpoint {ckpt_path} does not match these settings ({k}: "
+        raise InputError(f"checkpoint {ckpt_path} does not match these settings ({k}: "
                          f"{saved.get(k)!r} in the run, {now.get(k)!r} now); resume with the "
                          f"same settings or pass --overwrite")
     return ckpt

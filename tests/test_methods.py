@@ -215,5 +215,5 @@ def test_config_names_come_from_the_registry_not_from_data_or_models():
     tree = ast.parse(Path(ipskit.config.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert {m for m in imported if m and m.startswith("ipskit")} == {"ipskit.registry"}
+    assert {m for m in imported if m and m.startswith("ipskit")} == {"ipskit.registry", "ipskit.checks"}
     assert tuple(models.MODELS) == registry.MODELS
