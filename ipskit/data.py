@@ -17,7 +17,13 @@ Datasets:
 - ``imagefolder:PATH``: one folder per class, either ``PATH/train/<class>/`` and
   ``PATH/val/<class>/`` (or ``PATH/test/``), or ``PATH/<class>/`` (or ``PATH/train/<class>/``
   alone) with a seeded stratified held-out split. Images are resized (shorter side) and centre-cropped to ``image_size``
-  (default 32); they are decoded into memory when they fit in ``max_memory_bytes``.
+  (default 32); they are decoded into memory when they fit in ``max_memory_bytes``, by a thread
+  pool the first time, and kept in a cache file (plain uncompressed ``.npz``: the uint8 images and
+  the channel statistics) under ``cache_dir``, by default ``$IPSKIT_CACHE_DIR``, else
+  ``$XDG_CACHE_HOME/ipskit``, else ``~/.cache/ipskit``. The cache is keyed by every file's
+  relative path, size and modification time (and the image size, the PIL mode and the classes),
+  so adding, replacing or touching an image rebuilds it; a second load of CIFAR-10 as 60k JPEGs
+  takes about a second instead of ~15 s.
 
 Augmentation (training only, ``bundle.augment``, see ``ipskit.augment``, re-exported here) is
 the CIFAR recipe: a random crop after padding by ``max(1, round(S / 8))`` pixels (4 px at
@@ -35,9 +41,14 @@ Usage::
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
+import os
+import sys
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -50,6 +61,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ipskit.augment import AugmentParams, AugmentSpec, apply_augment, augment_batch, draw_augment, to_float01
+from ipskit.runs import atomic_write
 
 __all__ = ["DATASETS", "AugmentParams", "AugmentSpec", "DatasetBundle", "DatasetUnavailableError", "ImageFileDataset",
            "InMemoryLoader", "TensorImageDataset", "apply_augment", "augment_batch", "draw_augment",
@@ -240,8 +252,8 @@ def _resize_uint8(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor
     return torch.cat(out)
 
 
-def _bundle_in_memory(name, classes, train_x, train_y, test_x, test_y, augment) -> DatasetBundle:
-    mean, std = _channel_stats(train_x)
+def _bundle_in_memory(name, classes, train_x, train_y, test_x, test_y, augment, stats=None) -> DatasetBundle:
+    mean, std = stats or _channel_stats(train_x)
     return DatasetBundle(name=name, classes=list(classes), in_channels=train_x.shape[1], image_size=train_x.shape[-1],
                          mean=mean, std=std, train_targets=train_y, test_targets=test_y,
                          train_dataset=TensorImageDataset(train_x, train_y, augment),
@@ -296,17 +308,131 @@ def _load_cifar(name: str, root: Path, image_size: int, download: bool) -> Datas
                              AugmentSpec.for_size(image_size, flip=True))
 
 
+# ------------------------------------------------------------------ image folders: scan, parallel decode, cache
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
+_CACHE_VERSION = 1  # part of every cache key: bump it when decoding changes and old cache files are ignored
+
+
 def _scan_folder(path: Path):
-    from torchvision.datasets import ImageFolder
+    """torchvision ImageFolder's classes and samples (same order, same extensions), read with
+    ``os.scandir``: no torchvision import (~1 s), and each file's size and mtime come with it.
 
+    Returns:
+        ``(classes, paths, stamps, targets)``; ``stamps[i]`` is ``"relpath\\0size\\0mtime_ns\\0"``
+        of ``paths[i]`` (relative to ``path``), for the cache key; ``targets`` is ``[N]`` int64.
+    """
+    top = os.path.join(str(path), "")
     try:
-        folder = ImageFolder(str(path), allow_empty=True)
+        classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
     except FileNotFoundError:
-        raise ValueError(f"no class folders in {path}; expected {path}/<class>/<image> files") from None
-    return folder.classes, [p for p, _ in folder.samples], torch.tensor(folder.targets, dtype=torch.long)
+        classes = []
+    if not classes:
+        raise ValueError(f"no class folders in {path}; expected {path}/<class>/<image> files")
+    paths, stamps, targets = [], [], []
+    for c, name in enumerate(classes):
+        images, todo = {}, [os.path.join(top, name)]  # folder -> its image entries, as os.walk(followlinks=True)
+        while todo:
+            folder = todo.pop()
+            try:
+                with os.scandir(folder) as it:
+                    entries = list(it)
+            except OSError:  # os.walk skips unreadable folders too
+                continue
+            todo += [os.path.join(folder, e.name) for e in entries if e.is_dir()]
+            images[folder] = sorted((e for e in entries if not e.is_dir() and e.name.lower().endswith(IMG_EXTENSIONS)),
+                                    key=lambda e: e.name)
+        for folder in sorted(images):  # ImageFolder sorts os.walk's (folder, dirs, files) tuples
+            for e in images[folder]:
+                st = e.stat()
+                paths.append(e.path)
+                stamps.append(f"{e.path[len(top):]}\0{st.st_size}\0{st.st_mtime_ns}\0")
+                targets.append(c)
+    return classes, paths, stamps, torch.tensor(targets, dtype=torch.long)
 
 
-def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int, max_memory_bytes: int) -> DatasetBundle:
+def _decode_images(paths: Sequence[str], size: int, mode: str, chunk: int = 256,
+                   workers: Optional[int] = None) -> torch.Tensor:
+    """Decode image files as ``imagefolder`` data, in order, on a thread pool (PIL releases the GIL
+    while it decodes and resizes): uint8 ``[N, C, size, size]``, equal to stacking ``_read_image``."""
+    out = torch.empty((len(paths), 1 if mode == "L" else 3, size, size), dtype=torch.uint8)
+
+    def decode(start: int) -> int:
+        stop = min(start + chunk, len(paths))
+        for i in range(start, stop):
+            out[i] = _read_image(paths[i], size, mode)
+        return stop - start
+
+    pool = ThreadPoolExecutor(workers or os.cpu_count() or 1)
+    try:
+        with tqdm(total=len(paths), desc="decoding images", unit="img", leave=False) as bar:
+            for n in pool.map(decode, range(0, len(paths), chunk)):
+                bar.update(n)
+    finally:
+        pool.shutdown(cancel_futures=True)  # an unreadable file stops the other chunks at once
+    return out
+
+
+def _cache_root(cache_dir) -> Optional[Path]:
+    """The cache folder ``load_dataset(cache_dir=...)`` means; None when caching is off."""
+    if cache_dir is False:
+        return None
+    if cache_dir is None:
+        if os.environ.get("IPSKIT_CACHE_DIR"):
+            return Path(os.environ["IPSKIT_CACHE_DIR"]).expanduser()
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ipskit"
+    return Path(cache_dir).expanduser()
+
+
+def _cache_key(image_size: int, mode: str, classes: list[str], train_stamps: list[str], test_stamps: list[str]) -> str:
+    """SHA-256 of everything the decoded images depend on: any changed file gives a new key."""
+    h = hashlib.sha256(json.dumps([_CACHE_VERSION, image_size, mode, classes, len(train_stamps),
+                                   len(test_stamps)]).encode())
+    for stamps in (train_stamps, test_stamps):
+        h.update("".join(stamps).encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _cache_slot(path: Path, image_size: int, val_fraction: float, seed: int) -> str:
+    """File-name prefix for one folder and its settings: a newer cache of it replaces the older one."""
+    folder = path.resolve()
+    digest = hashlib.sha256(json.dumps([str(folder), image_size, val_fraction, seed]).encode()).hexdigest()
+    label = "".join(c if c.isalnum() or c in "._-" else "_" for c in folder.name)[:40]  # readable, a safe name
+    return f"imagefolder-{label}-{image_size}px-{digest[:12]}-"
+
+
+def _read_cache(file: Path, key: str):
+    """``(train_x, test_x, (mean, std))`` from ``file`` if it holds ``key``, else None. The key fixes
+    the shapes; zip's CRC-32 of every array catches a damaged byte."""
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            if str(z["key"]) != key:
+                return None
+            train_x, test_x, stats = z["train_x"], z["test_x"], z["stats"]
+    except Exception:  # missing, truncated, corrupt or foreign: rebuilt from the images, the source of truth
+        return None
+    return torch.from_numpy(train_x), torch.from_numpy(test_x), (tuple(stats[0].tolist()), tuple(stats[1].tolist()))
+
+
+def _write_cache(file: Path, key: str, train_x: torch.Tensor, test_x: torch.Tensor, stats) -> None:
+    """Save the decoded images atomically as a plain uncompressed ``.npz``; drop older caches of the
+    same folder. An unwritable folder costs one warning line, not the load."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(file, lambda f: np.savez(f, key=np.array(key), train_x=train_x.numpy(), test_x=test_x.numpy(),
+                                              stats=np.array(stats, dtype=np.float64)))
+    except OSError as err:
+        sys.stderr.write(f"warning: decoded images not cached ({type(err).__name__}: {err}); "
+                         "set IPSKIT_CACHE_DIR to a writable folder, or pass cache_dir\n")
+        return
+    slot = file.name[:file.name.rindex("-") + 1]
+    for old in file.parent.iterdir():
+        if old.name.startswith(slot) and old.suffix == ".npz" and old.name != file.name:
+            old.unlink(missing_ok=True)
+
+
+def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int, max_memory_bytes: int,
+                      cache_dir) -> DatasetBundle:
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise ValueError(f"imagefolder path {str(path)!r} is not a directory; give a folder of class folders "
@@ -315,13 +441,13 @@ def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int
     two_level = (path / "train").is_dir() and held_out is not None
     if two_level:
         where = path / "train"
-        classes, train_paths, train_y = _scan_folder(where)
-        test_classes, test_paths, test_y = _scan_folder(held_out)
+        classes, train_paths, train_stamps, train_y = _scan_folder(where)
+        test_classes, test_paths, test_stamps, test_y = _scan_folder(held_out)
         if test_classes != classes:
             raise ValueError(f"class folders differ: {where} has {classes}, {held_out} has {test_classes}")
     else:  # one level of class folders (PATH/train/ alone counts as that level)
         where = path / "train" if (path / "train").is_dir() else path
-        classes, all_paths, train_y = _scan_folder(where)
+        classes, all_paths, all_stamps, train_y = _scan_folder(where)
     if len(classes) < 2:
         raise ValueError(f"{where} has {len(classes)} class folder ({', '.join(classes)}); classification needs at least 2")
     counts = torch.bincount(train_y, minlength=len(classes))
@@ -332,6 +458,7 @@ def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int
     if not two_level:  # hold out a seeded stratified share of every class
         tr, te = stratified_split(train_y, val_fraction, seed)
         train_paths, test_paths = [all_paths[i] for i in tr], [all_paths[i] for i in te]
+        train_stamps, test_stamps = [all_stamps[i] for i in tr], [all_stamps[i] for i in te]
         train_y, test_y = train_y[tr], train_y[te]
     if not test_paths:
         raise ValueError(f"no held-out images for {path}: {held_out or where} leaves an empty test set; "
@@ -342,10 +469,20 @@ def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int
     augment = AugmentSpec.for_size(image_size, flip=True)
     name = f"imagefolder:{spec}"
     if (len(train_paths) + len(test_paths)) * channels * image_size ** 2 <= max_memory_bytes:
-        def decode(paths, desc):
-            return torch.stack([_read_image(p, image_size, mode) for p in tqdm(paths, desc=desc, leave=False)])
-        return _bundle_in_memory(name, classes, decode(train_paths, "decoding train"), train_y,
-                                 decode(test_paths, "decoding test"), test_y, augment)
+        # 1. the cache file named by this folder and a key over all its files
+        root = _cache_root(cache_dir)
+        key = _cache_key(image_size, mode, classes, train_stamps, test_stamps)
+        file = root / f"{_cache_slot(path, image_size, val_fraction, seed)}{key[:16]}.npz" if root else None
+        cached = _read_cache(file, key) if file else None
+        if cached:
+            return _bundle_in_memory(name, classes, cached[0], train_y, cached[1], test_y, augment, cached[2])
+        # 2. a miss: decode everything once, then save it for the next load
+        x = _decode_images(train_paths + test_paths, image_size, mode)  # [N_train + N_test, C, S, S]
+        train_x, test_x = x[:len(train_paths)], x[len(train_paths):]
+        stats = _channel_stats(train_x)
+        if file:
+            _write_cache(file, key, train_x, test_x, stats)
+        return _bundle_in_memory(name, classes, train_x, train_y, test_x, test_y, augment, stats)
     # too big for memory: channel statistics from a seeded sample of 1,000 training images
     pick = torch.randperm(len(train_paths), generator=torch.Generator().manual_seed(seed))[:1000]
     mean, std = _channel_stats(torch.stack([_read_image(train_paths[i], image_size, mode) for i in pick]))
@@ -357,7 +494,8 @@ def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int
 
 def load_dataset(name: str = "digits", root: str | Path = "data", image_size: Optional[int] = None,
                  val_fraction: float = 0.2, seed: int = 0, download: bool = True,
-                 max_memory_bytes: int = 2 * 1024 ** 3) -> DatasetBundle:
+                 max_memory_bytes: int = 2 * 1024 ** 3,
+                 cache_dir: str | os.PathLike | None | bool = None) -> DatasetBundle:
     """Load a dataset by name.
 
     Args:
@@ -370,6 +508,11 @@ def load_dataset(name: str = "digits", root: str | Path = "data", image_size: Op
             run is tested on the same images.
         download: allow downloading CIFAR when its files are missing.
         max_memory_bytes: image folders whose decoded uint8 images fit here are held in memory.
+        cache_dir: where image folders held in memory keep their decoded images (one
+            uncompressed ``.npz`` per folder, keyed by every file's path, size and mtime, so any
+            change rebuilds it). None: ``$IPSKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/ipskit``,
+            else ``~/.cache/ipskit``; False: no cache. An unwritable folder gives one warning
+            line on stderr and the load goes on without it.
 
     Returns:
         A :class:`DatasetBundle`.
@@ -380,6 +523,8 @@ def load_dataset(name: str = "digits", root: str | Path = "data", image_size: Op
         raise ValueError(f"image_size must be an int >= 4 or None, got {image_size!r}")
     if not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    if not (cache_dir is None or cache_dir is False or isinstance(cache_dir, (str, os.PathLike))):
+        raise TypeError(f"cache_dir must be a folder, None (the default folder) or False (no cache), got {cache_dir!r}")
     key = name.strip()
     low = key.lower()
     if low == "digits":
@@ -387,7 +532,8 @@ def load_dataset(name: str = "digits", root: str | Path = "data", image_size: Op
     if low in ("cifar10", "cifar100"):
         return _load_cifar(low, Path(root), image_size or 32, download)
     if low.startswith("imagefolder:") and len(key) > len("imagefolder:"):
-        return _load_imagefolder(key[len("imagefolder:"):], image_size or 32, float(val_fraction), seed, max_memory_bytes)
+        return _load_imagefolder(key[len("imagefolder:"):], image_size or 32, float(val_fraction), seed, max_memory_bytes,
+                                 cache_dir)
     raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, imagefolder:PATH")
 
 

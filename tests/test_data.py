@@ -1,4 +1,5 @@
 """Tests for ipskit.data and ipskit.augment: datasets, augmentation, the in-memory loader."""
+import os
 import pickle
 import urllib.error
 
@@ -10,8 +11,15 @@ import torchvision
 from PIL import Image
 from sklearn.datasets import load_digits
 
+import ipskit.data
 from ipskit.data import (AugmentParams, AugmentSpec, DatasetUnavailableError, ImageFileDataset, InMemoryLoader,
                          apply_augment, augment_batch, draw_augment, load_dataset, stratified_split)
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory, monkeypatch):
+    """Image-folder caches of these tests go to a fresh folder, never to ~/.cache."""
+    monkeypatch.setenv("IPSKIT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +296,9 @@ def test_imagefolder_too_big_for_memory_decodes_lazily(tmp_path):
     x, y = lazy.test_dataset[0]
     assert torch.equal(x, eager.test_x[0].float() / 255) and y == int(eager.test_y[0])
     assert lazy.mean == pytest.approx(eager.mean)
+    cache = tmp_path.parent / "lazy-cache"
+    load_dataset(f"imagefolder:{tmp_path}", image_size=8, max_memory_bytes=0, cache_dir=cache)
+    assert not cache.exists()  # images decoded on access are not cached
 
 
 @pytest.mark.parametrize("counts, match", [
@@ -312,6 +323,191 @@ def test_imagefolder_missing_path_and_class_mismatch(tmp_path):
     _write_tree(tmp_path / "test", {"a": 1, "c": 1})
     with pytest.raises(ValueError, match=r"class folders differ: .*train has \['a', 'b'\], .*test has \['a', 'c'\]"):
         load_dataset(f"imagefolder:{tmp_path}")
+
+
+# ------------------------------------------------------------------ image folders: scan, parallel decode, cache
+def test_scan_matches_torchvision_imagefolder(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    files = ["b/z.png", "b/A.PNG", "b/notes.txt", "b/sub/x.jpeg", "b/sub-x/y.webp", "b/sub/deeper/w.JPG",
+             "a/1.bmp", "a/0.tif", ".hidden/k.png", "empty/readme.md"]
+    for f in files:  # os.walk order sorts "sub-x" before "sub/deeper": a depth-first walk would not
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"")
+    (tmp_path / "stray.png").write_bytes(b"")  # a file beside the class folders is no sample
+    (tmp_path / "a/1.bmp").write_bytes(b"abc")
+    classes, paths, stamps, targets = ipskit.data._scan_folder(tmp_path)
+    ref = ImageFolder(str(tmp_path), allow_empty=True)
+    assert classes == ref.classes == [".hidden", "a", "b", "empty"]
+    assert paths == [p for p, _ in ref.samples] and targets.tolist() == ref.targets
+    assert [st.split("\0")[0] for st in stamps] == [os.path.relpath(p, tmp_path) for p in paths]
+    assert stamps[2] == f"a/1.bmp\x003\x00{os.stat(tmp_path / 'a/1.bmp').st_mtime_ns}\x00"
+
+
+def test_parallel_decode_matches_serial_decode(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(11):  # different sizes and aspect ratios, so the resize and crop matter
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (9 + i, 14 + 2 * i, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    serial = torch.stack([ipskit.data._read_image(p, 8, "RGB") for p in paths])
+    parallel = ipskit.data._decode_images(paths, 8, "RGB", chunk=3, workers=4)
+    assert parallel.shape == (11, 3, 8, 8) and parallel.dtype == torch.uint8
+    assert torch.equal(parallel, serial)
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """How many images have been decoded from files so far."""
+    count = [0]
+    read = ipskit.data._read_image
+
+    def counting(*args):
+        count[0] += 1
+        return read(*args)
+
+    monkeypatch.setattr(ipskit.data, "_read_image", counting)
+    return count
+
+
+def _same_bundle(a, b):
+    for field in ("train_x", "test_x", "train_y", "test_y"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert (a.classes, a.mean, a.std) == (b.classes, b.mean, b.std)  # stats exactly, not approximately
+
+
+def _noise_tree(root, counts, seed=0):
+    rng = np.random.default_rng(seed)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_second_load_comes_from_the_cache(tmp_path, decodes):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _noise_tree(data / "train", {"cat": 4, "dog": 3})
+    _noise_tree(data / "val", {"cat": 2, "dog": 1}, seed=1)
+    first = load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache)
+    assert decodes[0] == 10
+    assert [p.suffix for p in cache.iterdir()] == [".npz"]
+    again = load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache)
+    assert decodes[0] == 10  # not one image decoded again
+    _same_bundle(again, first)
+    _same_bundle(load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=False), first)
+    assert decodes[0] == 20
+    load_dataset(f"imagefolder:{data}", image_size=6, cache_dir=cache)  # another size: its own cache
+    assert decodes[0] == 30 and len(list(cache.iterdir())) == 2
+
+
+def _touch(data):
+    st = os.stat(data / "cat" / "1.png")
+    os.utime(data / "cat" / "1.png", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
+def _replace(data):
+    Image.new("RGB", (10, 12), (9, 99, 199)).save(data / "cat" / "1.png")
+
+
+def _add(data):
+    Image.new("RGB", (10, 12), (1, 2, 3)).save(data / "dog" / "new.png")
+
+
+def _remove(data):
+    (data / "dog" / "0.png").unlink()
+
+
+@pytest.mark.parametrize("change", [_touch, _replace, _add, _remove])
+def test_a_changed_file_rebuilds_the_cache(tmp_path, decodes, change):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _noise_tree(data, {"cat": 6, "dog": 6})
+    load_dataset(f"imagefolder:{data}", cache_dir=cache, image_size=8)
+    old = list(cache.iterdir())
+    change(data)
+    decodes[0] = 0
+    rebuilt = load_dataset(f"imagefolder:{data}", cache_dir=cache, image_size=8)
+    assert decodes[0] == len(rebuilt.train_y) + len(rebuilt.test_y)
+    _same_bundle(rebuilt, load_dataset(f"imagefolder:{data}", cache_dir=False, image_size=8))
+    new = list(cache.iterdir())
+    assert len(new) == 1 and new != old  # the stale cache of this folder is gone
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a pixel byte", "garbage"])
+def test_a_corrupt_cache_file_is_rebuilt(tmp_path, decodes, damage):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _noise_tree(data, {"cat": 5, "dog": 5})
+    first = load_dataset(f"imagefolder:{data}", cache_dir=cache, image_size=8)
+    (file,) = cache.iterdir()
+    raw = bytearray(file.read_bytes())
+    if damage == "truncate":
+        raw = raw[:len(raw) // 2]
+    elif damage == "flip a pixel byte":
+        raw[raw.index(first.train_x[3].numpy().tobytes())] ^= 0xFF
+    else:
+        raw = b"not a cache" * 10
+    file.write_bytes(bytes(raw))
+    decodes[0] = 0
+    _same_bundle(load_dataset(f"imagefolder:{data}", cache_dir=cache, image_size=8), first)
+    assert decodes[0] == 10  # rebuilt from the images ...
+    _same_bundle(load_dataset(f"imagefolder:{data}", cache_dir=cache, image_size=8), first)
+    assert decodes[0] == 10  # ... and the rewritten cache is read again
+    assert list(cache.iterdir()) == [file]
+
+
+def test_cache_location_and_cache_dir_false(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    _noise_tree(data, {"cat": 3, "dog": 3})
+    env, xdg, home = tmp_path / "env", tmp_path / "xdg", tmp_path / "home"
+    monkeypatch.setenv("IPSKIT_CACHE_DIR", str(env))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    monkeypatch.setenv("HOME", str(home))
+    before = sorted(data.rglob("*"))
+    load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=False)
+    assert not env.exists() and not xdg.exists() and not home.exists()
+    assert sorted(data.rglob("*")) == before  # nothing written beside the images either
+    load_dataset(f"imagefolder:{data}", image_size=8)
+    assert len(list(env.iterdir())) == 1
+    monkeypatch.delenv("IPSKIT_CACHE_DIR")
+    load_dataset(f"imagefolder:{data}", image_size=8)
+    assert len(list((xdg / "ipskit").iterdir())) == 1
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    load_dataset(f"imagefolder:{data}", image_size=8)
+    assert len(list((home / ".cache" / "ipskit").iterdir())) == 1
+    with pytest.raises(TypeError, match=r"cache_dir must be a folder, None \(the default folder\) or False "
+                       r"\(no cache\), got True"):
+        load_dataset("digits", cache_dir=True)
+
+
+def _warnings(err):
+    return [line for line in err.splitlines() if "warning" in line]
+
+
+def test_unwritable_cache_dir_warns_in_one_line_and_loads(tmp_path, capsys):
+    data = tmp_path / "data"
+    _noise_tree(data, {"cat": 3, "dog": 3})
+    (tmp_path / "a-file").write_text("")  # a folder inside a file cannot be made, even by root
+    b = load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=tmp_path / "a-file" / "cache")
+    _same_bundle(b, load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=False))
+    (line,) = _warnings(capsys.readouterr().err)
+    assert line.startswith("warning: decoded images not cached (NotADirectoryError: ")
+    assert line.endswith("set IPSKIT_CACHE_DIR to a writable folder, or pass cache_dir")
+
+
+def test_a_failed_cache_write_leaves_no_file_behind(tmp_path, monkeypatch, capsys):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _noise_tree(data, {"cat": 3, "dog": 3})
+
+    def disk_full(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    b = load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache)
+    assert b.train_x.shape == (4, 3, 8, 8)
+    assert list(cache.iterdir()) == []
+    (line,) = _warnings(capsys.readouterr().err)
+    assert "OSError: [Errno 28] No space left on device" in line
 
 
 # ------------------------------------------------------------------ CIFAR
