@@ -8,6 +8,7 @@ Commands:
     ipskit swap-demo --grid 4           save a picture of patch-swapped pairs
     ipskit eval RUN_DIR ...             evaluation (ipskit.evaluate)
     ipskit compare RUN_DIR ...          compare runs (ipskit.evaluate)
+    ipskit download cifar10 --root data fetch CIFAR-10 or CIFAR-100 (needs a network)
     torchrun --nproc_per_node=N -m ipskit train ...   data-parallel training
 
 Bad input prints ``error: <one line>`` on stderr and exits with status 2 (no traceback);
@@ -20,6 +21,7 @@ import copy
 import dataclasses
 import sys
 import typing
+from pathlib import Path
 
 __all__ = ["main", "build_parser", "add_config_arguments", "config_from_args"]
 
@@ -150,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default="swap_demo.png", help="PNG file to write "
                    "(default: swap_demo.png)")
 
+    g = sub.add_parser("download", help="download CIFAR-10 or CIFAR-100 (needs a network)",
+                       description="Downloads torchvision's CIFAR-10 or CIFAR-100 (about 170 MB) "
+                       "into ROOT, checks that it loads and prints the command that trains on "
+                       "it. Without a network, put the archive into ROOT by hand, or use an "
+                       "image folder: --dataset imagefolder:PATH.")
+    g.add_argument("dataset", choices=("cifar10", "cifar100"), help="which dataset")
+    g.add_argument("--root", default="data", help="folder to put it in, the --data-root of "
+                   "training (default: data)")
+
     for name, helptext in (("eval", "evaluate runs (writes eval.json)"),
                            ("compare", "compare runs side by side")):
         e = sub.add_parser(name, help=helptext, add_help=False)
@@ -219,6 +230,19 @@ def _swap_demo(ns) -> int:
     return 0
 
 
+def _download(ns) -> int:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    from ipskit.data import load_dataset
+
+    bundle = load_dataset(ns.dataset, root=ns.root, download=True)  # offline: DatasetUnavailableError
+    folder = Path(ns.root) / (CIFAR10 if ns.dataset == "cifar10" else CIFAR100).base_folder
+    print(f"{ns.dataset}: {len(bundle.train_targets):,} training and {len(bundle.test_targets):,} test "
+          f"images in {folder}/")
+    print(f"next: ipskit train --dataset {ns.dataset} --data-root {ns.root} --method ips")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ipskit`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -231,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         ns = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad flag (2, message already printed)
         return int(e.code or 0)
-    commands = {"train": _train, "sweep": _sweep, "demo": _demo, "swap-demo": _swap_demo}
+    commands = {"train": _train, "sweep": _sweep, "demo": _demo, "swap-demo": _swap_demo,
+                "download": _download}
     return _guard(lambda: commands[ns.command](ns))
 
 

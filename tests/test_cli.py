@@ -1,11 +1,16 @@
 """Tests for the ipskit command line: train end to end, one-line errors, dispatch."""
 import json
+import os
+import pickle
 import subprocess
 import sys
 import types
+import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torchvision
 
 import ipskit
 from ipskit.cli import build_parser, config_from_args, main
@@ -99,7 +104,7 @@ def test_eval_and_compare_dispatch(monkeypatch):
 def test_help_exits_zero(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for cmd in ("train", "demo", "sweep", "swap-demo", "eval", "compare"):
+    for cmd in ("train", "demo", "sweep", "swap-demo", "eval", "compare", "download"):
         assert cmd in out
 
 
@@ -109,3 +114,40 @@ def test_swap_demo_saves_a_png(tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["swap-demo", "--grid", "40", "--out", str(out)]) == 2
     assert "error: grid 40 has more cells per side" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, archive", [("cifar10", "cifar-10-python.tar.gz"),
+                                           ("cifar100", "cifar-100-python.tar.gz")])
+def test_download_offline_is_one_line_and_status_2(tmp_path, monkeypatch, capsys, name, archive):
+    def no_network(url, root, **kwargs):  # where torchvision's CIFAR download meets the network
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", no_network)
+    assert main(["download", name, "--root", str(tmp_path / "data")]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: {name} is missing or corrupted in {tmp_path / 'data'}/ and could not be "
+                          "fetched (URLError: <urlopen error [Errno -3] Temporary failure in name resolution>); "
+                          f"put {archive} (from https://")
+    assert err.count("\n") == 1 and "Traceback" not in err and out == ""
+
+
+def test_download_says_where_the_data_is_and_what_to_run_next(tmp_path, monkeypatch, capsys):
+    def fake_download(url, root, **kwargs):  # a miniature cifar-10-batches-py, as the archive holds
+        folder = Path(root) / "cifar-10-batches-py"
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            with open(folder / name, "wb") as f:
+                pickle.dump({"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 0, 1]}, f)
+        with open(folder / "batches.meta", "wb") as f:
+            pickle.dump({"label_names": ["airplane", "automobile"]}, f)
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    root = tmp_path / "data"
+    assert main(["download", "cifar10", "--root", str(root)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"cifar10: 20 training and 4 test images in {root / 'cifar-10-batches-py'}/",
+        f"next: ipskit train --dataset cifar10 --data-root {root} --method ips"]
+    assert main(["download", "cifar20"]) == 2
+    assert "error: argument dataset: invalid choice: 'cifar20'" in capsys.readouterr().err
