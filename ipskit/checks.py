@@ -20,7 +20,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["InputError", "check_int", "check_float", "check_bool", "check_choice"]
+__all__ = ["InputError", "check_int", "check_float", "check_bool", "check_choice", "check_device"]
 
 
 class InputError(ValueError):
@@ -83,3 +83,13 @@ def check_choice(name: str, value, allowed) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise InputError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, allowed))}")
     return value
+
+
+def check_device(device) -> str:
+    """``device`` if it names a device ipskit can be asked for: auto, cpu, cuda, cuda:N or mps
+    (whether that device is present is checked when it is used)."""
+    kind = device.split(":")[0] if isinstance(device, str) else None
+    if kind not in ("auto", "cpu", "cuda", "mps") or (":" in device and (
+            kind != "cuda" or not device.split(":", 1)[1].isdigit())):
+        raise InputError(f"device {device!r} is not one of: auto, cpu, cuda, cuda:N, mps")
+    return device

@@ -11,19 +11,28 @@ Commands:
     ipskit download cifar10 --root data fetch CIFAR-10 or CIFAR-100 (needs a network)
     torchrun --nproc_per_node=N -m ipskit train ...   data-parallel training
 
-Bad input prints ``error: <one line>`` on stderr and exits with status 2 (no traceback);
-a diverged run (non-finite loss) exits with status 1.
+Bad input and faults a user can fix (permissions, a full disk, missing files or data, an
+unavailable device) print ``error: <one line>`` on stderr and exit with status 2; a diverged
+run (non-finite loss) exits with status 1. Anything else is a bug in ipskit and keeps its
+traceback; ``ipskit --debug ...`` (or ``IPSKIT_DEBUG=1``) shows the traceback of every error.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import dataclasses
+import os
 import sys
 import typing
 from pathlib import Path
 
+from ipskit.checks import InputError, check_int
+
 __all__ = ["main", "build_parser", "add_config_arguments", "config_from_args"]
+
+DEBUG_ENV = "IPSKIT_DEBUG"
+MAX_DEMO_PAIRS = 64    # swap-demo draws one figure row a pair
+MAX_IMAGE_SIZE = 1024  # as TrainConfig.image_size
 
 _GROUPS = {"data": "data", "model": "model", "method": "method settings",
            "training": "optimisation", "runtime": "runtime and output"}
@@ -101,6 +110,8 @@ def config_from_args(ns: argparse.Namespace, **overrides):
 def build_parser() -> argparse.ArgumentParser:
     """The ``ipskit`` parser with its sub-commands."""
     p = _Parser(prog="ipskit", description="Intra-class Patch Swap (IPS) self-distillation kit.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of any error "
+                   f"(also with {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -161,10 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--root", default="data", help="folder to put it in, the --data-root of "
                    "training (default: data)")
 
-    for name, helptext in (("eval", "evaluate runs (writes eval.json)"),
-                           ("compare", "compare runs side by side")):
-        e = sub.add_parser(name, help=helptext, add_help=False)
-        e.add_argument("rest", nargs=argparse.REMAINDER)
+    from ipskit import evaluate
+
+    for name, helptext, description in (
+            ("eval", "evaluate runs (writes eval.json)", evaluate.EVAL_DESCRIPTION),
+            ("compare", "compare runs side by side", evaluate.COMPARE_DESCRIPTION)):
+        e = sub.add_parser(name, help=helptext, description=description, epilog=evaluate._ADVICE,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        evaluate.add_eval_arguments(e, compare=name == "compare")
     return p
 
 
@@ -190,7 +205,7 @@ def _sweep(ns) -> int:
     from ipskit.sweep import run_sweep
 
     axes = {k: v for k, v in vars(ns).items()
-            if k not in ("command", "sweep_name", "csv", "progress")}
+            if k not in ("command", "sweep_name", "csv", "progress", "debug")}
     path = run_sweep(axes, ns.sweep_name, csv_path=ns.csv, progress=ns.progress, epoch_bars=True)
     print(f"sweep table -> {path}")
     return 0
@@ -213,8 +228,11 @@ def _swap_demo(ns) -> int:
     from ipskit.runs import atomic_write
     from ipskit.swap import patch_swap
 
-    if ns.pairs < 1:
-        raise ValueError(f"--pairs must be >= 1, got {ns.pairs}")
+    check_int("--pairs", ns.pairs, minimum=1, maximum=MAX_DEMO_PAIRS,
+              why="(one figure row a pair; more rows are unreadable)")
+    if ns.image_size is not None:
+        check_int("--image-size", ns.image_size, minimum=4, maximum=MAX_IMAGE_SIZE,
+                  why="(images are held in memory)")
     bundle = load_dataset(ns.dataset, image_size=ns.image_size)
     idx = next(iter(SameClassPairSampler(bundle.train_targets, ns.pairs, seed=ns.seed)))
     plain = copy.copy(bundle.train_dataset)
@@ -245,23 +263,25 @@ def _download(ns) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ipskit`` console script; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("eval", "compare"):  # their own parsers live in ipskit.evaluate
-        from ipskit import evaluate
+    from ipskit import evaluate
 
-        run = evaluate.main_eval if argv[0] == "eval" else evaluate.main_compare
-        return _guard(lambda: run(argv[1:]))
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         ns = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad flag (2, message already printed)
         return int(e.code or 0)
     commands = {"train": _train, "sweep": _sweep, "demo": _demo, "swap-demo": _swap_demo,
-                "download": _download}
-    return _guard(lambda: commands[ns.command](ns))
+                "download": _download, "eval": evaluate.eval_command,
+                "compare": evaluate.compare_command}
+    debug = ns.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    return _guard(lambda: commands[ns.command](ns), debug)
 
 
-def _guard(fn) -> int:
-    """Run a command; bad input -> one ``error:`` line and status 2, divergence -> status 1."""
+def _guard(fn, debug: bool = False) -> int:
+    """Run a command: bad input and faults a user can fix (``InputError``, a missing dataset,
+    an ``OSError`` naming a path: permissions, disk, missing files) -> one ``error:`` line and
+    status 2; divergence -> status 1; anything else is a bug and keeps its traceback, as does
+    everything with ``debug``."""
     from ipskit.data import DatasetUnavailableError
 
     try:
@@ -269,10 +289,13 @@ def _guard(fn) -> int:
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     except FloatingPointError as e:
+        if debug:
+            raise
         sys.stderr.write(f"error: {e}\n")
         return 1
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError,
-            DatasetUnavailableError) as e:
+    except (InputError, DatasetUnavailableError, OSError) as e:
+        if debug:
+            raise
         sys.stderr.write(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")
         return 2
     except KeyboardInterrupt:

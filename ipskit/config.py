@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 
 __all__ = ["TrainConfig", "METHOD_NAMES", "MIXERS", "SCHEDULES", "KD_DIRECTIONS", "NOISE_KINDS"]
 
-from ipskit.checks import InputError
+from ipskit.checks import InputError, check_device
 from ipskit.registry import DATASETS, IMAGEFOLDER, METHOD_NAMES, METHODS, MIXERS, MODELS, swaps_patches
 
 SCHEDULES = ("cosine", "step")
+MAX_IMAGE_SIZE = 1024  # pixels a side: 1024^2 x 3 bytes = 3 MB an image, in memory
 
 
 KD_DIRECTIONS = ("symmetric", "confident")  # as ipskit.losses.KD_DIRECTIONS
@@ -54,7 +55,7 @@ class TrainConfig:
     data_root: str = setting(
         "data", "folder where datasets are stored/downloaded (path).", group="data")
     image_size: int | None = setting(
-        None, "side in pixels images are resized to, >= 4; default: the dataset's own (16 for "
+        None, "side in pixels images are resized to, 4..1024; default: the dataset's own (16 for "
         "digits, 32 for CIFAR). Larger digits images give the patch grid more room.",
         group="data")
     max_train_samples: int | None = setting(
@@ -219,6 +220,9 @@ class TrainConfig:
         for name, lo in optional_minima.items():
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), lo)
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            raise InputError(f"image_size must be <= {MAX_IMAGE_SIZE} (every image is held in "
+                             f"memory at this size), got {self.image_size}")
         _in_range("pr", self.pr, 0, 1)
         _in_range("label_noise", self.label_noise, 0, 1, hi_open=True)
         _in_range("smoothing", self.smoothing, 0, 1, hi_open=True)
@@ -233,7 +237,7 @@ class TrainConfig:
         if self.warmup_epochs >= self.epochs:
             raise InputError(f"warmup_epochs {self.warmup_epochs} must be below epochs "
                              f"{self.epochs}")
-        _check_device(self.device)
+        check_device(self.device)
         if not self.out_dir:
             raise InputError("out_dir must be a non-empty path")
         if self.name is not None and (not self.name.strip("/") or ".." in self.name.split("/")
@@ -305,13 +309,6 @@ def _in_range(name, value, lo, hi, lo_open=False, hi_open=False):
     if bad:
         interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
         raise InputError(f"{name} must be in {interval}, got {value!r}")
-
-
-def _check_device(device: str):
-    kind = device.split(":")[0]
-    if kind not in ("auto", "cpu", "cuda", "mps") or (":" in device and (
-            kind != "cuda" or not device.split(":", 1)[1].isdigit())):
-        raise InputError(f"device {device!r} is not one of: auto, cpu, cuda, cuda:N, mps")
 
 
 def _check_dataset(name: str):

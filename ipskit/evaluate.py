@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ipskit.checks import InputError
+from ipskit.checks import InputError, check_device, check_int
 from ipskit import metrics, plots, robustness
 from ipskit.runs import CHECKPOINT, CONFIG, EVAL, atomic_write_json, atomic_write_text, load_model, read_json
 
@@ -64,7 +64,11 @@ SPLIT_SEED = 0  # seeds the test-subset choice and the temperature-fitting half;
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_settings(what, epsilons, corruptions, severities, max_samples, cifar_c) -> None:
+def _check_settings(what, epsilons, corruptions, severities, max_samples, cifar_c, n_bins,
+                    batch_size, device) -> None:
+    check_device(device)
+    check_int("n_bins", n_bins, minimum=1, maximum=1000)
+    check_int("batch_size", batch_size, minimum=1)
     unknown = [w for w in what if w not in KINDS]
     if unknown or not what:
         raise InputError(f"unknown evaluation {unknown or what!r}; choose from {', '.join(KINDS)}")
@@ -76,11 +80,9 @@ def _check_settings(what, epsilons, corruptions, severities, max_samples, cifar_
         if n not in known:
             raise InputError(f"unknown corruption {n!r}; known corruptions: {', '.join(known)}")
     for s in severities:
-        if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5:
-            raise InputError(f"corruption severities must be integers in 1..5, got {s!r}")
-    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
-                                    or max_samples < 2):
-        raise InputError(f"max_samples must be an integer >= 2 or None (all), got {max_samples!r}")
+        check_int("corruption severity", s, minimum=1, maximum=5)
+    if max_samples is not None:
+        check_int("max_samples", max_samples, minimum=2, why="(or None for all)")
     if "cifar_c" in what and not cifar_c:
         raise InputError("the cifar_c evaluation needs the folder of the CIFAR-10-C/100-C .npy files (--cifar-c PATH)")
 
@@ -189,7 +191,8 @@ def evaluate_run(
     what = (what,) if isinstance(what, str) else tuple(what)
     epsilons = [float(e) if isinstance(e, (int, float)) and not isinstance(e, bool) else e for e in epsilons]
     severities = list(severities)
-    _check_settings(what, epsilons, corruptions, severities, max_samples, cifar_c)
+    _check_settings(what, epsilons, corruptions, severities, max_samples, cifar_c, n_bins,
+                    batch_size, device)
     run_dir = Path(run_dir)
     _check_run(run_dir)
     common = {"max_samples": max_samples, "checkpoint": _fingerprint(run_dir)}
@@ -340,9 +343,16 @@ _ADVICE = """advice:
   Compare methods over several seeds under one recipe; one run is not a result."""
 
 
-def _add_eval_args(p: argparse.ArgumentParser, default_what) -> None:
+EVAL_DESCRIPTION = ("Evaluate trained runs: calibration (NLL, Brier, ECE, temperature), logit "
+                    "smoothing, FGSM and corruption robustness. Writes RUN_DIR/eval.json.")
+COMPARE_DESCRIPTION = ("Compare runs side by side: evaluates each (cached in eval.json), prints a "
+                       "markdown table and saves compare.md plus PNG figures to --out.")
+
+
+def add_eval_arguments(p: argparse.ArgumentParser, compare: bool = False) -> None:
+    """The flags of ``ipskit eval`` (and, with ``compare``, of ``ipskit compare``)."""
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by ipskit train")
-    p.add_argument("--what", nargs="+", default=list(default_what), choices=KINDS, metavar="KIND",
+    p.add_argument("--what", nargs="+", default=list(DEFAULT_WHAT), choices=KINDS, metavar="KIND",
                    help=f"what to evaluate, from {', '.join(KINDS)} (default: %(default)s)")
     p.add_argument("--epsilons", nargs="+", type=float, default=list(DEFAULT_EPSILONS),
                    help="FGSM epsilons in [0, 1], pixel units of a [0, 1] image (default: %(default)s)")
@@ -359,6 +369,9 @@ def _add_eval_args(p: argparse.ArgumentParser, default_what) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--force", action="store_true", help="recompute even if eval.json holds these results")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if compare:
+        p.add_argument("--out", default=None, metavar="DIR",
+                       help="folder for compare.md and figures (default: none)")
 
 
 def _eval_kwargs(ns: argparse.Namespace) -> dict:
@@ -369,14 +382,8 @@ def _eval_kwargs(ns: argparse.Namespace) -> dict:
             "progress": not ns.no_progress}  # fmt: skip
 
 
-def main_eval(argv: list[str] | None = None) -> int:
+def eval_command(ns: argparse.Namespace) -> int:
     """``ipskit eval RUN_DIR ...``: evaluate runs into their eval.json; prints a short summary."""
-    p = argparse.ArgumentParser(prog="ipskit eval", epilog=_ADVICE,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Evaluate trained runs: calibration (NLL, Brier, ECE, temperature), "
-                                "logit smoothing, FGSM and corruption robustness. Writes RUN_DIR/eval.json.")
-    _add_eval_args(p, DEFAULT_WHAT)
-    ns = p.parse_args(argv)
     kwargs = _eval_kwargs(ns)
     for run_dir in ns.run_dirs:
         ev = evaluate_run(run_dir, **kwargs)
@@ -394,20 +401,29 @@ def main_eval(argv: list[str] | None = None) -> int:
     return 0
 
 
-def main_compare(argv: list[str] | None = None) -> int:
+def compare_command(ns: argparse.Namespace) -> int:
     """``ipskit compare RUN_DIR ... --out DIR``: evaluate (cached), print a markdown table, save figures."""
-    p = argparse.ArgumentParser(prog="ipskit compare", epilog=_ADVICE,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Compare runs side by side: evaluates each (cached in eval.json), prints "
-                                "a markdown table and saves compare.md plus PNG figures to --out.")
-    _add_eval_args(p, DEFAULT_WHAT)
-    p.add_argument("--out", default=None, metavar="DIR", help="folder for compare.md and figures (default: none)")
-    ns = p.parse_args(argv)
     print(compare_runs(ns.run_dirs, out_dir=ns.out, **_eval_kwargs(ns)), end="")
     if ns.out:
         print(f"saved compare.md and figures to {ns.out}")
     return 0
 
 
+def main_eval(argv: list[str] | None = None) -> int:
+    """``ipskit eval`` from Python: the same as ``ipskit.cli.main(["eval", *argv])``."""
+    from ipskit.cli import main
+
+    return main(["eval", *(argv or [])])
+
+
+def main_compare(argv: list[str] | None = None) -> int:
+    """``ipskit compare`` from Python: the same as ``ipskit.cli.main(["compare", *argv])``."""
+    from ipskit.cli import main
+
+    return main(["compare", *(argv or [])])
+
+
 if __name__ == "__main__":
-    raise SystemExit(main_eval())
+    import sys
+
+    raise SystemExit(main_eval(sys.argv[1:]))

@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from ipskit.checks import InputError
+from ipskit.checks import InputError, check_device
 from ipskit import metrics as M
 from ipskit import runs
 from ipskit.config import TrainConfig
@@ -54,7 +54,9 @@ _RESUME_FREE = {"out_dir", "data_root", "name", "device", "compile", "num_worker
 
 # ----- small helpers ---------------------------------------------------------------------------
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda if available, else mps, else cpu; other names are checked."""
+    """``auto`` -> cuda if available, else mps, else cpu; other names are checked (InputError
+    for a name that is not a device or a device this machine lacks)."""
+    check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -4,7 +4,6 @@ import os
 import pickle
 import subprocess
 import sys
-import types
 import urllib.error
 from pathlib import Path
 
@@ -89,16 +88,57 @@ def test_every_config_field_is_a_flag_with_help():
     assert cfg.lr == 0.05  # untouched fields keep the dataclass default
 
 
-def test_eval_and_compare_dispatch(monkeypatch):
+def test_eval_and_compare_are_subcommands_of_the_one_parser(monkeypatch):
+    from ipskit import evaluate
+
     seen = []
-    fake = types.SimpleNamespace(main_eval=lambda argv: seen.append(("eval", argv)) or 0,
-                                 main_compare=lambda argv: seen.append(("compare", argv)) or 0)
-    monkeypatch.setitem(sys.modules, "ipskit.evaluate", fake)
-    monkeypatch.setattr(ipskit, "evaluate", fake, raising=False)
+    monkeypatch.setattr(evaluate, "eval_command", lambda ns: seen.append(("eval", ns.run_dirs, ns.what)) or 0)
+    monkeypatch.setattr(evaluate, "compare_command", lambda ns: seen.append(("compare", ns.run_dirs, ns.out)) or 0)
     assert main(["eval", "runs/a", "--what", "calibration"]) == 0
-    assert main(["compare", "runs/a", "runs/b"]) == 0
-    assert seen == [("eval", ["runs/a", "--what", "calibration"]),
-                    ("compare", ["runs/a", "runs/b"])]
+    assert main(["compare", "runs/a", "runs/b", "--out", "o"]) == 0
+    assert seen == [("eval", ["runs/a"], ["calibration"]), ("compare", ["runs/a", "runs/b"], "o")]
+    assert main(["eval", "runs/a", "--what", "nonsense"]) == 2  # argparse's one line
+
+
+def test_a_bug_keeps_its_traceback_bad_input_gets_one_line(monkeypatch, capsys):
+    """A ValueError from deep inside (a bug, e.g. a shape mismatch in a new method) is not bad
+    input: the CLI lets its traceback through. InputError and OSError are one line, status 2;
+    --debug (or IPSKIT_DEBUG=1) shows every traceback."""
+    from ipskit import cli
+    from ipskit.checks import InputError
+
+    def raiser(exc):
+        def run(ns):
+            raise exc
+        return run
+
+    monkeypatch.setattr(cli, "_demo", raiser(ValueError("mat1 and mat2 shapes cannot be multiplied")))
+    with pytest.raises(ValueError, match="shapes cannot be multiplied"):
+        main(["demo"])
+    monkeypatch.setattr(cli, "_demo", raiser(InputError("epochs must be >= 1, got 0")))
+    assert main(["demo"]) == 2
+    assert capsys.readouterr().err == "error: epochs must be >= 1, got 0\n"
+    monkeypatch.setattr(cli, "_demo", raiser(PermissionError(13, "Permission denied", "/ro/runs")))
+    assert main(["demo"]) == 2
+    assert capsys.readouterr().err == "error: [Errno 13] Permission denied: '/ro/runs'\n"
+    with pytest.raises(PermissionError):
+        main(["--debug", "demo"])
+    monkeypatch.setenv("IPSKIT_DEBUG", "1")
+    with pytest.raises(PermissionError):
+        main(["demo"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["swap-demo", "--pairs", "100000"], "--pairs must be >= 1 and <= 64 (one figure row a pair"),
+    (["swap-demo", "--image-size", "100000"], "--image-size must be >= 4 and <= 1024"),
+    (["train", "--image-size", "100000"], "image_size must be <= 1024 (every image is held in memory"),
+    (["eval", "runs/x", "--device", "foo"], "device 'foo' is not one of: auto, cpu, cuda, cuda:N, mps"),
+])
+def test_sizes_and_devices_are_bounded_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
 def test_help_exits_zero(capsys):

@@ -86,8 +86,7 @@ def test_cli_eval_and_compare(fresh, tmp_path, capsys):
     assert "top-1" in capsys.readouterr().out
     assert main_compare(args + ["--out", str(tmp_path / "c")]) == 0
     assert capsys.readouterr().out.startswith("| run |")
-    with pytest.raises(SystemExit):
-        main_eval(["--help"])
+    assert main_eval(["--help"]) == 0
     assert "advice:" in capsys.readouterr().out
 
 
@@ -128,10 +127,12 @@ def test_config_and_checkpoint_disagree(fresh):
     [
         ({"epsilons": [-0.1]}, r"epsilons must be numbers in \[0, 1\]"),
         ({"corruptions": ["fog"]}, "unknown corruption 'fog'; known corruptions: gaussian_noise"),
-        ({"severities": [0]}, "severities must be integers in 1..5"),
+        ({"severities": [0]}, "corruption severity must be >= 1 and <= 5, got 0"),
         ({"what": ("accuracy",)}, "unknown evaluation"),
         ({"what": ("cifar_c",)}, "needs the folder of the CIFAR-10-C/100-C"),
-        ({"max_samples": 1}, "max_samples must be an integer >= 2"),
+        ({"max_samples": 1}, r"max_samples must be >= 2 \(or None for all\), got 1"),
+        ({"device": "foo"}, "device 'foo' is not one of: auto, cpu, cuda, cuda:N, mps"),
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
     ],
 )
 def test_bad_settings(run_dir, kwargs, match):
