@@ -13,16 +13,13 @@ import torchvision
 
 import ipskit
 from ipskit.cli import build_parser, config_from_args, main
-from train_helpers import cache_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "smallcnn", "--image-size", "8", "--epochs", "1", "--batch-size", "32",
         "--max-train-samples", "200", "--grid", "2", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _cached(monkeypatch):
-    cache_datasets(monkeypatch)
+pytestmark = pytest.mark.usefixtures("cached_datasets")
 
 
 def test_train_end_to_end_as_a_module(tmp_path):

@@ -7,15 +7,12 @@ import ipskit.train as T
 from ipskit.cli import main
 from ipskit.runs import list_runs
 from ipskit.sweep import cell_summary, format_table, read_results, run_demo, run_sweep, sweep_cells
-from train_helpers import cache_datasets
 
 TINY = dict(model=["smallcnn"], image_size=[8], epochs=[1], batch_size=[32],
             max_train_samples=[200], grid=[2])
 
 
-@pytest.fixture(autouse=True)
-def _cached(monkeypatch):
-    cache_datasets(monkeypatch)
+pytestmark = pytest.mark.usefixtures("cached_datasets")
 
 
 def _read(path):
