@@ -240,10 +240,10 @@ class TrainConfig:
         check_device(self.device)
         if not self.out_dir:
             raise InputError("out_dir must be a non-empty path")
-        if self.name is not None and (not self.name.strip("/") or ".." in self.name.split("/")
-                                      or self.name.startswith("/")):
+        if self.name is not None and (self.name.startswith("/") or any(
+                part in ("", ".", "..") for part in self.name.replace("\\", "/").split("/"))):
             raise InputError(f"name {self.name!r} must be a relative folder name inside "
-                             f"out_dir (no '..', not absolute)")
+                             f"out_dir: parts separated by '/', none empty, '.' or '..'")
 
     def check_image_size(self, image_size: int) -> int:
         """The IPS grid g for images of side ``image_size``; ValueError if it cannot split them.

@@ -205,7 +205,12 @@ def evaluate_run(
                         "seed": seed},
         "cifar_c": {**common, "root": str(cifar_c), "names": list(corruptions or CIFAR_C_15), "severities": severities},
     }
-    stored = read_json(run_dir / EVAL, {}) or {}
+    try:
+        stored = read_json(run_dir / EVAL, {}) or {}
+    except InputError as e:  # torn or foreign: --force starts it again, otherwise say so
+        if not force:
+            raise InputError(f"{e}; pass --force to recompute it") from None
+        stored = {}
     todo = [k for k in what if force or stored.get(k, {}).get("settings") != wanted[k]]
     if not todo:
         return stored

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,8 @@ from ipskit.registry import swaps_patches
 
 __all__ = ["CONFIG", "METRICS", "SUMMARY", "ENV", "CHECKPOINT", "EVAL", "atomic_write",
            "atomic_write_text", "atomic_write_json", "atomic_write_jsonl", "atomic_torch_save",
-           "read_json", "load_checkpoint", "load_run", "list_runs", "load_model", "export_run",
+           "read_json", "read_jsonl", "claim_run_dir", "check_replaceable", "replace_run_dir",
+           "RunBusyError", "load_checkpoint", "load_run", "list_runs", "load_model", "export_run",
            "TEST_SAMPLE", "write_test_sample", "read_test_sample", "find_test_sample"]
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
@@ -39,6 +42,15 @@ ENV, CHECKPOINT, EVAL = "env.json", "checkpoint.pt", "eval.json"
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "model_info")
 MODEL_KEYS = ("model", "model_info")  # all that load_model needs (exported runs hold only these)
 TEST_SAMPLE = "test_sample.npz"
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once: os.umask can only be read by setting it
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -49,6 +61,8 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; a run folder follows the umask (shared labs)
+            os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -80,15 +94,139 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def read_json(path: str | os.PathLike, default=None):
-    """Parsed JSON from ``path``, or ``default`` if the file does not exist."""
+class RunBusyError(InputError):
+    """Another process is writing this run folder."""
+
+
+@contextmanager
+def claim_run_dir(run_dir: str | os.PathLike):
+    """Hold ``run_dir`` for this process while a run is trained or replaced.
+
+    An exclusive ``flock`` on ``.<name>.lock`` beside the folder (it survives the folder being
+    replaced, and the system releases it when the process ends, even by ``kill -9``). A second
+    process asking for the same folder gets :class:`RunBusyError` at once, before it loads any
+    data. Where ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    run_dir = Path(run_dir)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    created = [d for d in (run_dir.parent, *run_dir.parent.parents) if not d.exists()]
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = run_dir.parent / f".{run_dir.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunBusyError(f"run folder {run_dir} is being written by another ipskit process; "
+                               f"wait for it to finish or choose another --name") from None
+        try:  # the holder before us may have removed the file after we opened it: start again
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while still holding it, so nobody locks a removed file
+        os.close(fd)
+        for d in created:  # folders made only for a run that never started
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+
+def check_replaceable(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    """Refuse (InputError, one line) to replace ``run_dir`` when that would lose more than one
+    run or cannot be completed: the output folder itself, a folder holding other runs, a
+    symbolic link, or a folder (or parent) this process cannot write."""
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink():
+        raise InputError(f"{run_dir} is a symbolic link; ipskit does not replace a run through a "
+                         f"link: remove the link or choose another --name")
+    if run_dir.resolve() == Path(out_dir).resolve():
+        raise InputError(f"{run_dir} is the output folder itself; --overwrite replaces one run "
+                         f"folder inside it")
+    others = [c.parent for c in run_dir.rglob(CONFIG) if c.parent != run_dir]
+    if others:
+        raise InputError(f"{run_dir} holds other runs (e.g. {others[0]}); --overwrite replaces "
+                         f"one run folder, never a folder of runs")
+    for folder in (run_dir.parent, run_dir):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write to {folder} (permission denied); nothing was changed")
+
+
+def replace_run_dir(run_dir: str | os.PathLike, write_first) -> None:
+    """Make ``run_dir`` a new, empty run folder and call ``write_first(run_dir)`` in it; an old
+    folder there is moved aside first and deleted only once that write succeeded (on failure
+    it is moved back), so an old run is never lost to a replacement that cannot be written."""
+    run_dir = Path(run_dir)
+    aside = None
+    if run_dir.exists():
+        aside = run_dir.with_name(f".{run_dir.name}.replaced-{os.getpid()}")
+        os.replace(run_dir, aside)
+    try:
+        run_dir.mkdir(parents=True)
+        write_first(run_dir)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if aside is not None:
+            os.replace(aside, run_dir)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def read_json(path: str | os.PathLike, default=None) -> dict:
+    """The JSON object (a dict) in ``path``, or ``default`` if the file does not exist.
+
+    Every JSON file of a run is one object; anything else (not UTF-8, not JSON, torn, ``[1]``)
+    raises InputError with one line naming the file.
+    """
     path = Path(path)
     if not path.exists():
         return default
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text: not a file ipskit wrote") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path} holds a JSON {type(value).__name__}, not the object ipskit "
+                         f"writes there")
+    return value
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of a ``.jsonl`` file, one a line (an empty list if it is missing);
+    InputError naming the file and line for anything else."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text: not a file ipskit wrote") from None
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} line {i} is not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path} line {i} holds a JSON {type(row).__name__}, not an object")
+        rows.append(row)
+    return rows
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu",
@@ -142,12 +280,8 @@ def load_run(run_dir: str | os.PathLike) -> dict:
         ``env`` (dict).
     """
     run_dir = _check_run_dir(run_dir)
-    metrics_path = run_dir / METRICS
-    metrics = []
-    if metrics_path.exists():
-        metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
     return {"path": str(run_dir), "config": read_json(run_dir / CONFIG),
-            "metrics": metrics, "summary": read_json(run_dir / SUMMARY, {}),
+            "metrics": read_jsonl(run_dir / METRICS), "summary": read_json(run_dir / SUMMARY, {}),
             "eval": read_json(run_dir / EVAL, {}), "env": read_json(run_dir / ENV, {})}
 
 
@@ -157,7 +291,8 @@ def list_runs(root: str | os.PathLike = "runs") -> list[dict]:
     Returns:
         list of dicts: ``name`` (path relative to root), ``path``, ``method``, ``model``,
         ``dataset``, ``seed``, ``epochs``, ``epochs_done``, ``status`` ("finished", "failed",
-        or "unfinished" while training or after an interruption), ``test_acc`` and ``ece`` of the last epoch (None
+        "unfinished" while training or after an interruption, or "broken" when a file of the
+        folder cannot be read: then ``error`` says which and why, and the rest is empty), ``test_acc`` and ``ece`` of the last epoch (None
         before the first), ``has_model`` (a checkpoint is there; reference runs may keep their
         numbers only), ``grid`` and ``pr`` (None for methods that swap no patches), and the
         full ``config`` and ``summary``.
@@ -170,8 +305,14 @@ def list_runs(root: str | os.PathLike = "runs") -> list[dict]:
         run_dir = cfg_path.parent
         try:
             run = load_run(run_dir)
-        except (ValueError, OSError):
-            continue  # a stray or broken folder is not a run to show
+        except (ValueError, OSError) as e:  # one broken run must not hide the others
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            out.append({"name": run_dir.relative_to(root).as_posix(), "path": str(run_dir),
+                        **{k: None for k in ("method", "model", "dataset", "seed", "epochs",
+                                             "test_acc", "ece", "grid", "pr")},
+                        "epochs_done": 0, "status": "broken", "error": first,
+                        "has_model": False, "config": {}, "summary": {}})
+            continue
         cfg, summary, metrics = run["config"] or {}, run["summary"], run["metrics"]
         last = metrics[-1] if metrics else {}
         out.append({

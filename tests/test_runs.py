@@ -142,3 +142,42 @@ def test_test_sample_round_trip_and_lookup(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a test sample"):
         runs.read_test_sample(tmp_path / "junk.npz")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("config.json", b"[1]", "config.json holds a JSON list, not the object ipskit writes"),
+    ("summary.json", b'"done"', "summary.json holds a JSON str"),
+    ("summary.json", b"\xff\xfe{}", "summary.json is not UTF-8 text"),
+    ("metrics.jsonl", b'{"epoch": 1}\n[2]\n', "metrics.jsonl line 2 holds a JSON list"),
+    ("eval.json", b'{"calibration": ', "eval.json is not valid JSON"),
+])
+def test_a_broken_run_is_listed_as_broken_and_never_hides_the_others(trained, tmp_path, name,
+                                                                     content, message):
+    _, run_dir, _ = trained
+    root = tmp_path / "runs"
+    for run in ("good", "bad"):
+        (root / run).mkdir(parents=True)
+        for f in run_dir.iterdir():
+            (root / run / f.name).write_bytes(f.read_bytes())
+    (root / "bad" / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        runs.load_run(root / "bad")
+    listed = {r["name"]: r for r in runs.list_runs(root)}
+    assert listed["good"]["status"] == "finished" and listed["good"]["test_acc"] is not None
+    assert listed["bad"]["status"] == "broken" and message in listed["bad"]["error"]
+    assert listed["bad"]["has_model"] is False and listed["bad"]["epochs_done"] == 0
+
+
+def test_a_torn_eval_json_does_not_block_eval_force(trained, tmp_path):
+    from ipskit.evaluate import evaluate_run
+
+    _, run_dir, _ = trained
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in run_dir.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    (copy / "eval.json").write_bytes(b'{"calibration": {"sett')
+    with pytest.raises(ValueError, match="eval.json is not valid JSON .*pass --force to recompute"):
+        evaluate_run(copy, what=("calibration",), max_samples=50)
+    ev = evaluate_run(copy, what=("calibration",), max_samples=50, force=True)
+    assert set(ev) == {"calibration"} and runs.read_json(copy / "eval.json") == ev
