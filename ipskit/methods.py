@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from ipskit.losses import ips_loss, kl_divergence
+from ipskit.losses import IPSLoss, _ips_loss, kl_divergence
 from ipskit.pairs import split_pair
 from ipskit.registry import MethodSpec, method_spec
-from ipskit.swap import patch_swap
+from ipskit.swap import PatchSwap, _apply_swap, _draw_swap
 
 __all__ = ["StepOutput", "Method", "CrossEntropy", "Mixed", "CSKD", "IPS", "Mixer", "TorchvisionMix",
            "CutMixer", "Cutout", "draw_cutout", "apply_cutout", "build_mixer", "build_method"]
@@ -270,6 +270,9 @@ class CSKD(Method):
 class IPS(Method):
     """Intra-class patch swap, optionally followed by a mixer applied to both sides alike.
 
+    Settings are checked once, here; ``step`` then draws, swaps and computes the loss without
+    checking them again (the grid is still checked against each batch's image size).
+
     Args:
         grid: cells per side g. pr: swap probability per pair. swap_fraction: see draw_swap.
         loss_kwargs: temperature, alpha, gamma, kd_direction, detach_target, t2_scale for
@@ -281,8 +284,11 @@ class IPS(Method):
 
     def __init__(self, grid: int, pr: float = 0.5, swap_fraction: float | None = None,
                  loss_kwargs: dict | None = None, mixer: Mixer | None = None):
-        self.grid, self.pr, self.swap_fraction = grid, pr, swap_fraction
+        # The module forms check the settings (and fill in the loss's defaults) once.
+        swap = PatchSwap(grid=grid, pr=pr, swap_fraction=swap_fraction)
+        self.grid, self.pr, self.swap_fraction = swap.grid, swap.pr, swap.swap_fraction
         self.loss_kwargs, self.mixer = dict(loss_kwargs or {}), mixer
+        self._loss_settings = IPSLoss(**self.loss_kwargs).kwargs
 
     @classmethod
     def from_config(cls, cfg, spec, num_classes, image_size, fill):
@@ -293,17 +299,19 @@ class IPS(Method):
         return cls(cfg.check_image_size(image_size), cfg.pr, cfg.swap_fraction, loss_kwargs, mixer)
 
     def step(self, model, x, y, generator):
-        # 1. Pairs from the sampler's layout; 2. swap; 3. optional mixer on both sides alike.
+        # 1. Pairs from the sampler's layout; 2. swap (as patch_swap, settings checked in
+        # __init__); 3. optional mixer on both sides alike.
         x_a, x_b, y = split_pair(x, y, check_labels=False)
-        x_a, x_b, _ = patch_swap(x_a, x_b, grid=self.grid, pr=self.pr, generator=generator,
-                                 swap_fraction=self.swap_fraction)
+        decision = _draw_swap(x_a.shape[0], self.grid, self.pr, generator, x_a.device,
+                              self.swap_fraction)
+        x_a, x_b = _apply_swap(x_a, x_b, decision)
         target = y
         if self.mixer is not None:
             (x_a, x_b), target = self.mixer([x_a, x_b], y, generator)
         # 4. One forward over both sides: batch-norm statistics see the whole 2B batch.
         logits = model(torch.cat([x_a, x_b]))  # (2B, K)
         z_a, z_b = logits.chunk(2)
-        out = ips_loss(z_a, z_b, target, **self.loss_kwargs)
+        out = _ips_loss(z_a, z_b, target, **self._loss_settings)
         return StepOutput(out.loss, out.ce.detach(), out.kd.detach(), logits.detach(),
                           torch.cat([y, y]))
 

@@ -14,15 +14,22 @@ The random choices and their application are kept apart (docs/ARCHITECTURE.md, C
 
 or in one call: ``x_a2, x_b2, decision = patch_swap(x_a, x_b, grid=4, pr=0.5)``.
 
+Settings are checked where they enter (the public functions, ``PatchSwap.__init__``). A training
+step whose settings were checked once calls ``_draw_swap`` / ``_apply_swap``, which skip those
+checks (``ipskit.methods.IPS.step``); only the grid is still checked against the image size.
+
 Sizes that g does not divide: row ``r`` belongs to cell ``floor(r * g / H)``, so cells differ
 by at most one pixel and every pixel belongs to exactly one cell (nothing is dropped or zeroed).
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from ipskit.checks import InputError, check_float, check_int
 
 __all__ = ["SwapDecision", "draw_swap", "apply_swap", "patch_swap", "PatchSwap", "pixel_mask",
            "resolve_grid", "cell_index"]
@@ -58,6 +65,63 @@ class SwapDecision:
         return int(self.swapped.shape[0])
 
 
+class _WrongType(InputError, TypeError):
+    """Bad input of the wrong type: an InputError like all bad input (one line at the command
+    line), and still the TypeError this module raised for it before ``ipskit.checks``."""
+
+
+_GRID_RULE = "(cells per side; grid 1 is a single cell: nothing can be swapped)"
+
+
+def _check_grid(grid) -> int:
+    try:
+        return check_int("grid", grid, minimum=2, why=_GRID_RULE)
+    except InputError as err:
+        if isinstance(grid, numbers.Integral) and not isinstance(grid, bool):
+            raise  # an integer out of range
+        raise _WrongType(str(err)) from None
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise _WrongType(f"generator must be a torch.Generator or None, got "
+                         f"{type(generator).__name__} {generator!r}")
+
+
+def _check_settings(grid, patch_size, pr, swap_fraction
+                    ) -> tuple[int | None, int | None, float, float | None]:
+    """(grid, patch_size, pr, swap_fraction) checked and as plain Python numbers."""
+    if (grid is None) == (patch_size is None):
+        raise InputError(f"give exactly one of grid and patch_size, got grid={grid!r}, "
+                         f"patch_size={patch_size!r}")
+    if grid is not None:
+        grid = _check_grid(grid)
+    else:
+        patch_size = check_int("patch_size", patch_size, minimum=1, why="(pixels per cell side)")
+    pr = check_float("pr (swap probability per pair)", pr, 0, 1)
+    if swap_fraction is not None:
+        swap_fraction = check_float("swap_fraction", swap_fraction, 0, 1, lo_open=True,
+                                    hi_open=True)
+    return grid, patch_size, pr, swap_fraction
+
+
+def _fit_grid(height: int, width: int, grid: int | None, patch_size: int | None) -> int:
+    """The checked grid or patch size, checked against this image size: g."""
+    if patch_size is not None:
+        if height % patch_size or width % patch_size or height // patch_size != width // patch_size:
+            raise InputError(f"patch_size {patch_size} does not split a {height}x{width} image "
+                             f"into the same whole number of cells per side; pass grid=g instead "
+                             f"(cells may then differ by one pixel)")
+        if height // patch_size < 2:
+            raise InputError(f"patch_size {patch_size} makes a {height}x{width} image a single "
+                             f"cell: nothing can be swapped; use patch_size <= {height // 2}")
+        return height // patch_size
+    if grid > min(height, width):
+        raise InputError(f"grid {grid} has more cells per side than the {height}x{width} image "
+                         f"has pixels; use grid <= {min(height, width)}")
+    return grid
+
+
 def resolve_grid(height: int, width: int, grid: int | None = None,
                  patch_size: int | None = None) -> int:
     """Turn ``grid`` or ``patch_size`` into the number of cells per side, checking both.
@@ -68,35 +132,12 @@ def resolve_grid(height: int, width: int, grid: int | None = None,
         patch_size: cell side in pixels (p); must divide H and W and give the same g on both.
     Returns:
         g, an int >= 2 with at least one pixel per cell.
+    Raises:
+        InputError: neither or both given, a value of the wrong type (also a TypeError), or a
+            size that does not fit the image.
     """
-    if (grid is None) == (patch_size is None):
-        raise ValueError(f"give exactly one of grid and patch_size, got grid={grid!r}, "
-                         f"patch_size={patch_size!r}")
-    if patch_size is not None:
-        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-            raise ValueError(f"patch_size must be a positive int (pixels), got {patch_size!r}")
-        if height % patch_size or width % patch_size or height // patch_size != width // patch_size:
-            raise ValueError(f"patch_size {patch_size} does not split a {height}x{width} image "
-                             f"into the same whole number of cells per side; pass grid=g instead "
-                             f"(cells may then differ by one pixel)")
-        grid = height // patch_size
-    if isinstance(grid, bool) or not isinstance(grid, int):
-        raise TypeError(f"grid must be an int, got {type(grid).__name__}")
-    if grid < 1:
-        raise ValueError(f"grid must be >= 2 (cells per side), got {grid}")
-    if grid == 1:
-        raise ValueError("grid 1 has a single cell: nothing can be swapped without exchanging "
-                         "the whole images; use grid >= 2")
-    if grid > min(height, width):
-        raise ValueError(f"grid {grid} has more cells per side than the {height}x{width} image "
-                         f"has pixels; use grid <= {min(height, width)}")
-    return grid
-
-
-def _check_pr(pr: float) -> float:
-    if isinstance(pr, bool) or not isinstance(pr, (int, float)) or not 0.0 <= pr <= 1.0:
-        raise ValueError(f"pr (swap probability per pair) must be a number in [0, 1], got {pr!r}")
-    return float(pr)
+    grid, patch_size, _, _ = _check_settings(grid, patch_size, 0.0, None)
+    return _fit_grid(height, width, grid, patch_size)
 
 
 def draw_swap(batch_size: int, grid: int, pr: float = 0.5,
@@ -108,19 +149,26 @@ def draw_swap(batch_size: int, grid: int, pr: float = 0.5,
         batch_size: number of pairs B.
         grid: cells per side g (>= 2).
         pr: probability that a pair is swapped at all, in [0, 1].
-        generator: source of randomness. Draws happen on the generator's device and the result
-            is moved to ``device``; pass a generator on the data's device to avoid a copy.
+        generator: source of randomness (a torch.Generator, or None for torch's global RNG).
+            Draws happen on the generator's device and the result is moved to ``device``; pass
+            a generator on the data's device to avoid a copy.
         device: where the decision lives (default: the generator's device, else CPU).
         swap_fraction: None (default) draws k uniformly in {1, ..., g*g - 1}; a float in (0, 1)
             fixes k = round(fraction * g*g), clipped to that range.
     Returns:
         A SwapDecision with ``swapped`` [B] and ``cells`` [B, g, g].
+    Raises:
+        InputError: a setting out of range or of the wrong type.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
-        raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
-        raise ValueError(f"grid must be an int >= 2 (a single cell cannot be swapped), got {grid!r}")
-    pr = _check_pr(pr)
+    batch_size = check_int("batch_size", batch_size, minimum=0)
+    grid, _, pr, swap_fraction = _check_settings(grid, None, pr, swap_fraction)
+    _check_generator(generator)
+    return _draw_swap(batch_size, grid, pr, generator, device, swap_fraction)
+
+
+def _draw_swap(batch_size: int, grid: int, pr: float, generator: torch.Generator | None,
+               device: torch.device | str | None, swap_fraction: float | None) -> SwapDecision:
+    """:func:`draw_swap` without checks, for settings checked once (a training step)."""
     n = grid * grid
     draw_device = generator.device if generator is not None else torch.device(device or "cpu")
 
@@ -130,8 +178,6 @@ def draw_swap(batch_size: int, grid: int, pr: float = 0.5,
     if swap_fraction is None:
         k = torch.randint(1, n, (batch_size,), generator=generator, device=draw_device)  # (B,)
     else:
-        if not 0.0 < float(swap_fraction) < 1.0:
-            raise ValueError(f"swap_fraction must be in (0, 1) or None, got {swap_fraction!r}")
         k = torch.full((batch_size,), min(max(round(swap_fraction * n), 1), n - 1),
                        device=draw_device)
     # 3. Which k cells: the k smallest of n uniform scores form a uniform random k-subset.
@@ -156,7 +202,8 @@ def pixel_mask(decision: SwapDecision, height: int, width: int) -> Tensor:
     """
     g = decision.grid
     if g > min(height, width):
-        raise ValueError(f"a grid of {g} cells per side does not fit a {height}x{width} image")
+        raise InputError(f"a grid of {g} cells per side does not fit a {height}x{width} image; "
+                         f"use grid <= {min(height, width)}")
     dev = decision.cells.device
     # Flat cell id of every pixel, then one gather: [B, g*g] -> [B, H*W].
     cell_of_pixel = cell_index(height, g, dev)[:, None] * g + cell_index(width, g, dev)[None, :]
@@ -166,17 +213,17 @@ def pixel_mask(decision: SwapDecision, height: int, width: int) -> Tensor:
 
 def _check_pair(x_a: Tensor, x_b: Tensor) -> None:
     if not isinstance(x_a, Tensor) or not isinstance(x_b, Tensor):
-        raise TypeError(f"x_a and x_b must be tensors, got {type(x_a).__name__} and "
+        raise _WrongType(f"x_a and x_b must be tensors, got {type(x_a).__name__} and "
                         f"{type(x_b).__name__}")
     if x_a.dim() != 4:
-        raise ValueError(f"x_a must be a 4-D batch [B, C, H, W], got shape {tuple(x_a.shape)}")
+        raise InputError(f"x_a must be a 4-D batch [B, C, H, W], got shape {tuple(x_a.shape)}")
     if x_a.shape != x_b.shape:
-        raise ValueError(f"x_a and x_b must have the same shape, got {tuple(x_a.shape)} and "
+        raise InputError(f"x_a and x_b must have the same shape, got {tuple(x_a.shape)} and "
                          f"{tuple(x_b.shape)}")
     if x_a.dtype != x_b.dtype:
-        raise TypeError(f"x_a and x_b must have the same dtype, got {x_a.dtype} and {x_b.dtype}")
+        raise _WrongType(f"x_a and x_b must have the same dtype, got {x_a.dtype} and {x_b.dtype}")
     if x_a.device != x_b.device:
-        raise ValueError(f"x_a and x_b must be on the same device, got {x_a.device} and "
+        raise InputError(f"x_a and x_b must be on the same device, got {x_a.device} and "
                          f"{x_b.device}")
 
 
@@ -191,10 +238,26 @@ def apply_swap(x_a: Tensor, x_b: Tensor, decision: SwapDecision) -> tuple[Tensor
     """
     _check_pair(x_a, x_b)
     if len(decision) != x_a.shape[0]:
-        raise ValueError(f"decision is for {len(decision)} pairs but the batch has "
+        raise InputError(f"decision is for {len(decision)} pairs but the batch has "
                          f"{x_a.shape[0]}")
+    return _apply_swap(x_a, x_b, decision)
+
+
+def _apply_swap(x_a: Tensor, x_b: Tensor, decision: SwapDecision) -> tuple[Tensor, Tensor]:
+    """:func:`apply_swap` without the pair checks (the grid still has to fit the image)."""
     mask = pixel_mask(decision.to(x_a.device), x_a.shape[2], x_a.shape[3])  # (B, 1, H, W)
     return torch.where(mask, x_b, x_a), torch.where(mask, x_a, x_b)
+
+
+def _swap(x_a: Tensor, x_b: Tensor, grid: int | None, patch_size: int | None, pr: float,
+          generator: torch.Generator | None, swap_fraction: float | None
+          ) -> tuple[Tensor, Tensor, SwapDecision]:
+    """Draw + apply for checked settings: checks only what depends on this batch."""
+    _check_pair(x_a, x_b)
+    _check_generator(generator)
+    g = _fit_grid(x_a.shape[2], x_a.shape[3], grid, patch_size)
+    decision = _draw_swap(x_a.shape[0], g, pr, generator, x_a.device, swap_fraction)
+    return (*_apply_swap(x_a, x_b, decision), decision)
 
 
 def patch_swap(x_a: Tensor, x_b: Tensor, grid: int | None = None, patch_size: int | None = None,
@@ -206,21 +269,19 @@ def patch_swap(x_a: Tensor, x_b: Tensor, grid: int | None = None, patch_size: in
         x_a, x_b: [B, C, H, W] images of the same shape and dtype; pair i shares a class.
         grid: cells per side g; or ``patch_size`` p in pixels (g = H / p). Give exactly one.
         pr: per-pair swap probability in [0, 1].
-        generator: a torch.Generator for reproducible draws.
+        generator: a torch.Generator for reproducible draws (None: torch's global RNG).
         swap_fraction: None for k uniform in {1..g*g-1}, or a fixed fraction of cells.
     Returns:
         (x_a', x_b', decision): swapped images [B, C, H, W] and the SwapDecision used.
+    Raises:
+        InputError: bad images or settings (a wrong type is also a TypeError).
     """
-    _check_pair(x_a, x_b)
-    g = resolve_grid(x_a.shape[2], x_a.shape[3], grid, patch_size)
-    _check_pr(pr)
-    decision = draw_swap(x_a.shape[0], g, pr, generator=generator, device=x_a.device,
-                         swap_fraction=swap_fraction)
-    return (*apply_swap(x_a, x_b, decision), decision)
+    grid, patch_size, pr, swap_fraction = _check_settings(grid, patch_size, pr, swap_fraction)
+    return _swap(x_a, x_b, grid, patch_size, pr, generator, swap_fraction)
 
 
 class PatchSwap(nn.Module):
-    """Module form of :func:`patch_swap` with fixed settings.
+    """Module form of :func:`patch_swap` with fixed settings, checked once here.
 
     Example:
         >>> swap = PatchSwap(grid=4, pr=0.5)
@@ -230,16 +291,12 @@ class PatchSwap(nn.Module):
     def __init__(self, grid: int | None = None, patch_size: int | None = None, pr: float = 0.5,
                  swap_fraction: float | None = None):
         super().__init__()
-        if (grid is None) == (patch_size is None):
-            raise ValueError(f"give exactly one of grid and patch_size, got grid={grid!r}, "
-                             f"patch_size={patch_size!r}")
-        self.grid, self.patch_size, self.pr = grid, patch_size, _check_pr(pr)
-        self.swap_fraction = swap_fraction
+        self.grid, self.patch_size, self.pr, self.swap_fraction = _check_settings(
+            grid, patch_size, pr, swap_fraction)
 
     def forward(self, x_a: Tensor, x_b: Tensor, generator: torch.Generator | None = None
                 ) -> tuple[Tensor, Tensor, SwapDecision]:
-        return patch_swap(x_a, x_b, self.grid, self.patch_size, self.pr, generator,
-                          self.swap_fraction)
+        return _swap(x_a, x_b, self.grid, self.patch_size, self.pr, generator, self.swap_fraction)
 
     def extra_repr(self) -> str:
         size = f"grid={self.grid}" if self.grid is not None else f"patch_size={self.patch_size}"

@@ -1,9 +1,12 @@
 """Tests for ipskit.losses against formulas written independently with numpy."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from ipskit import BLOG_INTENT, IPSLoss, ips_loss, pair_teacher
+from ipskit.checks import InputError
 
 
 def np_softmax(z):
@@ -104,13 +107,17 @@ def test_module_form(logits):
 
 
 @pytest.mark.parametrize("kwargs,err,match", [
-    (dict(labels=torch.zeros(5, dtype=torch.long)), ValueError, "labels has 5 entries but logits have 6 rows"),
+    (dict(labels=torch.zeros(5, dtype=torch.long)), InputError, "labels has 5 entries but logits have 6 rows"),
     (dict(labels=torch.zeros(6)), TypeError, "labels must be integer class ids"),
-    (dict(logits_b=torch.zeros(6, 4)), ValueError, r"must both be \[B, K\], got \(6, 5\) and \(6, 4\)"),
-    (dict(temperature=0.0), ValueError, "temperature must be a number > 0, got 0.0"),
-    (dict(alpha=-1.0), ValueError, "alpha must be a number >= 0, got -1.0"),
-    (dict(kd_direction="forward"), ValueError, "kd_direction must be one of symmetric, confident, got 'forward'"),
-    (dict(labels=torch.zeros(6, 3)), ValueError, r"soft labels must be float \[B, K\] = \[6, 5\]"),
+    (dict(logits_b=torch.zeros(6, 4)), InputError, r"must both be \[B, K\], got \(6, 5\) and \(6, 4\)"),
+    (dict(temperature=0.0), InputError, r"temperature must be in \(0, inf\), got 0.0"),
+    (dict(temperature=True), InputError, "temperature must be a number, got bool True"),
+    (dict(temperature=math.inf), InputError, "temperature must be a finite number, got inf"),
+    (dict(alpha=-1.0), InputError, r"alpha must be in \[0, inf\), got -1.0"),
+    (dict(gamma=math.nan), InputError, "gamma must be a finite number, got nan"),
+    (dict(kd_direction="forward"), InputError, "unknown kd_direction 'forward'; choose one of: symmetric, confident"),
+    (dict(detach_target=1), InputError, "detach_target must be True or False, got int 1"),
+    (dict(labels=torch.zeros(6, 3)), InputError, r"soft labels must be float \[B, K\] = \[6, 5\]"),
 ])
 def test_bad_input(kwargs, err, match):
     args = dict(logits_a=torch.zeros(6, 5), logits_b=torch.zeros(6, 5),
@@ -118,5 +125,61 @@ def test_bad_input(kwargs, err, match):
     args.update(kwargs)
     with pytest.raises(err, match=match):
         ips_loss(**args)
-    with pytest.raises(ValueError, match="kd_direction must be one of"):
-        IPSLoss(kd_direction="x")
+    settings = {k: v for k, v in kwargs.items() if k not in ("logits_a", "logits_b", "labels")}
+    with pytest.raises(err, match=match):  # the module form: settings when built, tensors per call
+        IPSLoss(**settings)(args["logits_a"], args["logits_b"], args["labels"])
+
+
+@pytest.mark.parametrize("b,k", [(0, 5), (3, 0)])
+def test_empty_batch_is_refused_not_nan(b, k):
+    z, y = torch.zeros(b, k), torch.zeros(b, dtype=torch.long)
+    match = rf"needs at least one pair and one class, got logits of shape \({b}, {k}\)"
+    with pytest.raises(InputError, match=match):
+        ips_loss(z, z, y)
+    with pytest.raises(InputError, match=match):
+        IPSLoss()(z, z, y)
+
+
+@pytest.mark.parametrize("direction", ["symmetric", "confident"])
+@pytest.mark.parametrize("bad", [5, 7, -1])
+def test_labels_outside_the_classes_are_refused_with_the_label_and_k(logits, direction, bad):
+    za, zb, y = logits
+    y = y.clone()
+    y[2] = bad
+    match = rf"label {bad} is not a class id of the 5 logits: labels must be in 0..4"
+    with pytest.raises(InputError, match=match):
+        ips_loss(za, zb, y, kd_direction=direction)
+    with pytest.raises(InputError, match=match):
+        IPSLoss(kd_direction=direction)(za, zb, y)
+
+
+def test_numpy_scalars_give_the_same_loss(logits):
+    za, zb, y = logits
+    ref = ips_loss(za, zb, y, temperature=2.0, alpha=0.5, gamma=1.0, t2_scale=True)
+    for out in (ips_loss(za, zb, y, temperature=np.float32(2.0), alpha=np.float32(0.5),
+                         gamma=np.int64(1), t2_scale=np.bool_(True)),
+                IPSLoss(temperature=np.float32(2.0), alpha=np.float32(0.5), gamma=np.int64(1),
+                        t2_scale=np.bool_(True))(za, zb, y)):
+        assert torch.equal(out.loss, ref.loss) and torch.equal(out.kd, ref.kd)
+    assert "temperature=2.0, alpha=0.5, gamma=1.0" in repr(IPSLoss(temperature=np.float32(2.0),
+                                                                   alpha=np.float32(0.5),
+                                                                   gamma=np.int64(1)))
+
+
+def test_ips_step_checks_the_loss_settings_once(monkeypatch):
+    """IPS.step computes ips_loss but checks the loss settings in __init__, not every step."""
+    from ipskit import losses
+    from ipskit.methods import IPS
+
+    with pytest.raises(InputError, match="temperature must be a finite number, got inf"):
+        IPS(grid=2, loss_kwargs=dict(temperature=math.inf))  # refused when built
+    method = IPS(grid=2, pr=0.0, loss_kwargs=dict(temperature=np.float32(2.0)))
+    for name in ("_check_settings", "_check_batch"):
+        monkeypatch.setattr(losses, name, lambda *a, name=name: pytest.fail(f"{name} per step"))
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 1] * 2)
+    model = lambda t: t.flatten(1)[:, :3] * 4  # noqa: E731 (pr=0: the images are not swapped)
+    out = method.step(model, x, y, torch.Generator().manual_seed(0))
+    monkeypatch.undo()
+    ref = ips_loss(model(x[:4]), model(x[4:]), y[:4], temperature=2.0)
+    assert torch.equal(out.loss, ref.loss)

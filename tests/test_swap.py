@@ -1,10 +1,12 @@
 """Tests for ipskit.swap: reference, invariants, statistics, determinism, bad input."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from ipskit import PatchSwap, SwapDecision, apply_swap, draw_swap, patch_swap, pixel_mask
+from ipskit.checks import InputError
 from ipskit.swap import resolve_grid
 
 
@@ -146,14 +148,24 @@ def test_gradients_flow_through_swap():
     (dict(grid=0), ValueError, r"grid must be >= 2 .*got 0"),
     (dict(grid=13), ValueError, r"more cells per side than the 12x12 image"),
     (dict(grid=2.0), TypeError, "grid must be an int, got float"),
+    (dict(grid=True), TypeError, "grid must be an int, got bool"),
     (dict(patch_size=5), ValueError, r"patch_size 5 does not split a 12x12 image"),
-    (dict(grid=4, pr=1.5), ValueError, r"pr .* must be a number in \[0, 1\], got 1.5"),
+    (dict(patch_size=12), ValueError, r"patch_size 12 makes a 12x12 image a single cell"),
+    (dict(patch_size=0), ValueError, r"patch_size must be >= 1 \(pixels per cell side\), got 0"),
+    (dict(grid=4, pr=1.5), ValueError, r"pr .* must be in \[0, 1\], got 1.5"),
     (dict(grid=4, pr=-0.1), ValueError, r"in \[0, 1\], got -0.1"),
+    (dict(grid=4, pr=True), ValueError, r"pr .* must be a number, got bool True"),
+    (dict(grid=4, pr=float("nan")), ValueError, r"pr .* must be a finite number, got nan"),
+    (dict(grid=4, swap_fraction=0.0), ValueError, r"swap_fraction must be in \(0, 1\), got 0.0"),
 ])
 def test_bad_settings(kwargs, err, match):
     x_a, x_b = batch()
-    with pytest.raises(err, match=match):
+    with pytest.raises(err, match=match) as info:
         patch_swap(x_a, x_b, **kwargs)
+    assert isinstance(info.value, InputError)  # one line at the command line, whatever the kind
+    if "grid" in kwargs or "patch_size" in kwargs:
+        with pytest.raises(err, match=match):
+            PatchSwap(**kwargs)(x_a, x_b)  # the module form refuses the same settings
 
 
 def test_bad_inputs():
@@ -169,7 +181,7 @@ def test_bad_inputs():
     d = draw_swap(3, grid=2)
     with pytest.raises(ValueError, match="decision is for 3 pairs but the batch has 8"):
         apply_swap(x_a, x_b, d)
-    with pytest.raises(ValueError, match="grid must be an int >= 2"):
+    with pytest.raises(InputError, match=r"grid must be >= 2 .*got 1"):
         draw_swap(4, grid=1)
     with pytest.raises(ValueError, match=r"swap_fraction must be in \(0, 1\)"):
         draw_swap(4, grid=2, swap_fraction=1.0)
@@ -181,3 +193,58 @@ def test_resolve_grid_accepts_non_square_with_grid():
     assert resolve_grid(7, 10, grid=3) == 3
     with pytest.raises(ValueError, match="does not split a 8x12 image"):
         resolve_grid(8, 12, patch_size=4)
+
+
+def test_numpy_scalars_are_accepted_and_give_the_same_swap():
+    x_a, x_b = batch(H=16, W=16)
+    ref = patch_swap(x_a, x_b, grid=4, pr=0.5, generator=torch.Generator().manual_seed(5))
+    for out in (
+        patch_swap(x_a, x_b, grid=np.int64(4), pr=np.float32(0.5),
+                   generator=torch.Generator().manual_seed(5)),
+        patch_swap(x_a, x_b, patch_size=np.int32(4), pr=np.float64(0.5),
+                   generator=torch.Generator().manual_seed(5)),
+        PatchSwap(grid=np.int64(4), pr=np.float32(0.5))(x_a, x_b,
+                                                        torch.Generator().manual_seed(5)),
+    ):
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[2].cells, ref[2].cells)
+    d = draw_swap(np.int64(8), np.int64(4), np.float32(0.5), torch.Generator().manual_seed(5),
+                  swap_fraction=np.float32(0.25))
+    assert type(d.grid) is int and (d.num_swapped[d.swapped] == 4).all()
+    assert torch.equal(draw_swap(8, 4, 0.5, torch.Generator().manual_seed(5)).cells,
+                       draw_swap(np.int64(8), np.int64(4), np.float32(0.5),
+                                 torch.Generator().manual_seed(5)).cells)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x_a, x_b, g: patch_swap(x_a, x_b, grid=4, generator=g),
+    lambda x_a, x_b, g: PatchSwap(grid=4)(x_a, x_b, generator=g),
+    lambda x_a, x_b, g: draw_swap(8, 4, generator=g),
+])
+def test_a_generator_must_be_a_torch_generator(call):
+    x_a, x_b = batch()
+    with pytest.raises(InputError, match="generator must be a torch.Generator or None, got int 0"):
+        call(x_a, x_b, 0)
+
+
+def test_ips_step_checks_the_swap_settings_once(monkeypatch):
+    """IPS.step swaps like patch_swap but checks its settings in __init__, not every step."""
+    from ipskit import swap as swap_module
+    from ipskit.methods import IPS
+
+    with pytest.raises(InputError, match=r"grid must be >= 2 .*got 1"):
+        IPS(grid=1)  # refused when built, not at the first step
+    with pytest.raises(InputError, match=r"pr .* must be in \[0, 1\], got 2.0"):
+        IPS(grid=2, pr=2.0)
+    method = IPS(grid=np.int64(2), pr=np.float32(1.0))
+    calls = []
+    real = swap_module._check_settings
+    monkeypatch.setattr(swap_module, "_check_settings", lambda *a: calls.append(a) or real(*a))
+    seen = []
+    model = lambda x: seen.append(x) or x.flatten(1)[:, :3]  # noqa: E731 (records the swapped batch)
+    x_a, x_b = batch(B=4, H=8, W=8)
+    x, y = torch.cat([x_a, x_b]), torch.tensor([0, 1, 2, 0] * 2)
+    for seed in range(3):
+        method.step(model, x, y, torch.Generator().manual_seed(seed))
+        ref_a, ref_b, _ = patch_swap(x_a, x_b, grid=2, pr=1.0, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(seen[-1], torch.cat([ref_a, ref_b]))
+    assert len(calls) == 3  # the three reference patch_swap calls, none from IPS.step
