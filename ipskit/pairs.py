@@ -13,8 +13,9 @@ then their B partners in the same order, so ``split_pair`` turns the loaded batc
             x_a, x_b, y = split_pair(x, y)
 
 Guarantees: every index is an anchor exactly once per epoch (with several replicas and
-``drop_last=False``, up to ``num_replicas - 1`` anchors repeat so that every rank gets the same
-number of batches, as ``DistributedSampler`` does); a partner has the anchor's class and is never
+``drop_last=False``, up to ``num_replicas - 1`` extra anchors repeat the start of the epoch's
+order, as ``DistributedSampler`` pads, so that every rank yields exactly ``len(sampler)``
+batches and DDP ranks stay in step); a partner has the anchor's class and is never
 the anchor itself, drawn uniformly among the others of its class; the order is a pure function
 of (seed, epoch); replicas split the anchors without overlap. Only labels are read: images are
 never loaded to find them.
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ipskit.checks import InputError, check_bool, check_int
+
 __all__ = ["SameClassPairSampler", "split_pair", "labels_to_array"]
 
 
@@ -40,20 +43,14 @@ def labels_to_array(labels) -> np.ndarray:
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)
     if arr.ndim != 1:
-        raise ValueError(f"labels must be 1-D (one class id per sample), got shape {arr.shape}")
+        raise InputError(f"labels must be 1-D (one class id per sample), got shape {arr.shape}")
     if arr.size == 0:
-        raise ValueError("labels are empty: the sampler needs at least two samples per class")
+        raise InputError("labels are empty: the sampler needs at least two samples per class")
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"labels must be integer class ids, got dtype {arr.dtype}")
     if arr.min() < 0:
-        raise ValueError(f"labels must be class ids >= 0, got {int(arr.min())}")
+        raise InputError(f"labels must be class ids >= 0, got {int(arr.min())}")
     return arr.astype(np.int64, copy=False)
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
 
 
 class SameClassPairSampler:
@@ -66,33 +63,40 @@ class SameClassPairSampler:
         drop_last: drop the last incomplete batch (and, with replicas, the uneven tail).
         num_replicas, rank: distributed split; default from torch.distributed if initialised,
             else a single replica.
+
+    Every rank yields exactly ``len(sampler)`` batches, so DDP ranks never wait on each other.
+    Without ``drop_last`` each rank gets ``ceil(n / num_replicas)`` anchors: the epoch's order
+    is repeated from its start to fill the last places (as ``DistributedSampler`` pads; with
+    more replicas than samples some anchors then appear several times). With ``drop_last``
+    each rank gets ``n // num_replicas`` anchors rounded down to whole batches; a setting that
+    leaves no batch at all is refused.
+
+    Raises:
+        InputError: bad labels (a non-integer dtype is a TypeError), a class with a single
+            sample, a setting out of range, or ``drop_last`` leaving no batch.
     """
 
     def __init__(self, labels, batch_size: int, seed: int = 0, drop_last: bool = False,
                  num_replicas: int | None = None, rank: int | None = None):
         self.labels = labels_to_array(labels)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-        self.seed, self.drop_last, self.epoch = int(seed), bool(drop_last), 0
+        self.batch_size = check_int("batch_size", batch_size, minimum=1, why="(pairs per batch)")
+        self.seed = check_int("seed", seed, minimum=0)
+        self.drop_last, self.epoch = check_bool("drop_last", drop_last), 0
         if num_replicas is None or rank is None:
             dist = torch.distributed
             ready = dist.is_available() and dist.is_initialized()
             num_replicas = num_replicas if num_replicas is not None else (
                 dist.get_world_size() if ready else 1)
             rank = rank if rank is not None else (dist.get_rank() if ready else 0)
-        self.num_replicas = _positive_int("num_replicas", num_replicas)
-        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not (
-                0 <= rank < self.num_replicas):
-            raise ValueError(f"rank must be in [0, {self.num_replicas - 1}] for num_replicas="
-                             f"{self.num_replicas}, got {rank!r}")
-        self.rank = int(rank)
+        self.num_replicas = check_int("num_replicas", num_replicas, minimum=1)
+        self.rank = check_int("rank", rank, 0, self.num_replicas - 1,
+                              why=f"for num_replicas={self.num_replicas}")
 
         # Class index built once from labels: members of class c are order[start[c]:start[c]+count[c]].
         counts = np.bincount(self.labels)
         lonely = np.flatnonzero(counts == 1)
         if lonely.size:
-            raise ValueError(f"class {int(lonely[0])} has a single sample, so it has no partner; "
+            raise InputError(f"class {int(lonely[0])} has a single sample, so it has no partner; "
                              f"every class needs at least 2 samples ({lonely.size} class(es) "
                              f"have 1)")
         self._order = np.argsort(self.labels, kind="stable")
@@ -105,6 +109,11 @@ class SameClassPairSampler:
         if self.drop_last:
             self.num_anchors = n // self.num_replicas
             self.num_anchors -= self.num_anchors % self.batch_size
+            if self.num_anchors == 0:
+                raise InputError(f"drop_last leaves no batch: {n} samples over {self.num_replicas}"
+                                 f" replica(s) give {n // self.num_replicas} anchors per replica,"
+                                 f" fewer than batch_size={self.batch_size}; lower batch_size or "
+                                 f"pass drop_last=False")
         else:
             self.num_anchors = math.ceil(n / self.num_replicas)
 
@@ -128,8 +137,8 @@ class SameClassPairSampler:
         slot += slot >= self._pos
         partner_of = self._order[self._start[lab] + slot]
         total = per_rank * self.num_replicas
-        if total > n:  # pad so every rank has the same number of anchors
-            anchors = np.concatenate([anchors, anchors[: total - n]])
+        if total > n:  # pad so every rank has the same number of anchors, cyclically if R > n
+            anchors = np.resize(anchors, total)
         mine = anchors[self.rank:total:self.num_replicas]
         return mine, partner_of[mine]
 
@@ -151,10 +160,10 @@ def split_pair(x: Tensor, y: Tensor, check_labels: bool = True) -> tuple[Tensor,
         (x_a [B, C, H, W], x_b [B, C, H, W], y [B]).
     """
     if x.shape[0] != y.shape[0] or x.shape[0] % 2:
-        raise ValueError(f"expected 2B images and 2B labels (anchors then partners), got "
+        raise InputError(f"expected 2B images and 2B labels (anchors then partners), got "
                          f"{x.shape[0]} images and {y.shape[0]} labels")
     b = x.shape[0] // 2
     if check_labels and not torch.equal(y[:b], y[b:]):
-        raise ValueError("partners do not share their anchor's class: was the batch made by "
+        raise InputError("partners do not share their anchor's class: was the batch made by "
                          "SameClassPairSampler?")
     return x[:b], x[b:], y[:b]

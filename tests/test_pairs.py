@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ipskit import SameClassPairSampler, split_pair
+from ipskit.checks import InputError
 
 
 def make_labels(n=103, classes=7, seed=0):
@@ -91,6 +92,44 @@ def test_replicas_split_anchors_without_overlap(n, replicas, drop_last):
         assert len(allp) - n < replicas  # at most replicas-1 repeats (padding)
 
 
+@pytest.mark.parametrize("n,batch,replicas,drop_last", [
+    (4, 1, 10, False), (4, 3, 10, False), (5, 2, 7, False), (2, 1, 3, False), (6, 4, 2, False),
+    (103, 10, 3, False), (100, 7, 8, False), (9, 2, 4, False),
+    (103, 10, 3, True), (20, 3, 4, True), (9, 2, 4, True), (64, 8, 8, True),
+])
+def test_every_rank_yields_exactly_len_batches(n, batch, replicas, drop_last):
+    """DDP ranks stay in step: each yields len(sampler) batches, the same number on every rank,
+    full batches except a last short one, partners of the anchor's class."""
+    labels = np.arange(n) % max(1, n // 2)  # every class has >= 2 samples
+    anchors = []
+    for rank in range(replicas):
+        s = SameClassPairSampler(labels, batch, seed=1, drop_last=drop_last,
+                                 num_replicas=replicas, rank=rank)
+        s.set_epoch(2)
+        batches = list(s)
+        assert len(batches) == len(s) >= 1, (rank, len(batches), len(s))
+        assert all(len(bt) == 2 * batch for bt in batches[:-1])
+        assert len(batches[-1]) == 2 * batch if drop_last else 2 <= len(batches[-1]) <= 2 * batch
+        a, p = pairs_of(s)
+        assert (labels[a] == labels[p]).all() and (a != p).all()
+        assert len(a) == s.num_anchors  # the same number of anchors on every rank
+        anchors.append(a)
+    everything = np.concatenate(anchors)
+    if drop_last:
+        assert len(set(everything.tolist())) == len(everything)  # no anchor twice
+    else:
+        assert set(everything.tolist()) == set(range(n))  # every sample is an anchor
+        assert len(everything) == math.ceil(n / replicas) * replicas  # padded like DistributedSampler
+
+
+def test_drop_last_that_leaves_no_batch_is_refused():
+    with pytest.raises(InputError, match=r"drop_last leaves no batch: 4 samples over 2 replica\(s\) "
+                                         r"give 2 anchors per replica, fewer than batch_size=3"):
+        SameClassPairSampler([0, 0, 1, 1], 3, drop_last=True, num_replicas=2, rank=0)
+    with pytest.raises(InputError, match="drop_last leaves no batch: 4 samples over 1 replica"):
+        SameClassPairSampler([0, 0, 1, 1], 5, drop_last=True)
+
+
 def test_drop_last_single_replica():
     s = SameClassPairSampler(make_labels(103), 10, drop_last=True)
     a, _ = pairs_of(s)
@@ -131,24 +170,33 @@ def test_with_dataloader_and_split_pair():
 
 
 def test_split_pair_errors():
-    with pytest.raises(ValueError, match="expected 2B images and 2B labels"):
+    with pytest.raises(InputError, match="expected 2B images and 2B labels"):
         split_pair(torch.zeros(3, 1, 2, 2), torch.zeros(3))
-    with pytest.raises(ValueError, match="partners do not share their anchor's class"):
+    with pytest.raises(InputError, match="partners do not share their anchor's class"):
         split_pair(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 1, 1]))
 
 
 @pytest.mark.parametrize("kwargs,err,match", [
-    (dict(labels=[0, 0, 1, 2, 2]), ValueError, "class 1 has a single sample"),
-    (dict(labels=[]), ValueError, "labels are empty"),
+    (dict(labels=[0, 0, 1, 2, 2]), InputError, "class 1 has a single sample"),
+    (dict(labels=[]), InputError, "labels are empty"),
     (dict(labels=[0.0, 0.0, 1.0, 1.0]), TypeError, "labels must be integer class ids, got dtype float64"),
-    (dict(labels=[[0, 0], [1, 1]]), ValueError, r"labels must be 1-D .*got shape \(2, 2\)"),
-    (dict(labels=[-1, -1, 0, 0]), ValueError, "class ids >= 0, got -1"),
-    (dict(labels=[0, 0], batch_size=0), ValueError, "batch_size must be an int >= 1, got 0"),
-    (dict(labels=[0, 0], num_replicas=2, rank=2), ValueError, r"rank must be in \[0, 1\] for num_replicas=2, got 2"),
-    (dict(labels=[0, 0], num_replicas=0, rank=0), ValueError, "num_replicas must be an int >= 1, got 0"),
-    (dict(labels=[0, 0], seed=-1), ValueError, "seed must be an int >= 0"),
+    (dict(labels=[[0, 0], [1, 1]]), InputError, r"labels must be 1-D .*got shape \(2, 2\)"),
+    (dict(labels=[-1, -1, 0, 0]), InputError, "class ids >= 0, got -1"),
+    (dict(labels=[0, 0], batch_size=0), InputError, r"batch_size must be >= 1 \(pairs per batch\), got 0"),
+    (dict(labels=[0, 0], batch_size=2.0), InputError, "batch_size must be an int, got float 2.0"),
+    (dict(labels=[0, 0], num_replicas=2, rank=2), InputError, r"rank must be >= 0 and <= 1 for num_replicas=2, got 2"),
+    (dict(labels=[0, 0], num_replicas=0, rank=0), InputError, "num_replicas must be >= 1, got 0"),
+    (dict(labels=[0, 0], seed=-1), InputError, "seed must be >= 0, got -1"),
+    (dict(labels=[0, 0], seed=True), InputError, "seed must be an int, got bool True"),
+    (dict(labels=[0, 0], drop_last=1), InputError, "drop_last must be True or False, got int 1"),
 ])
 def test_bad_input(kwargs, err, match):
     kwargs.setdefault("batch_size", 2)
     with pytest.raises(err, match=match):
         SameClassPairSampler(**kwargs)
+
+
+def test_numpy_scalars_are_accepted():
+    s = SameClassPairSampler([0, 0, 1, 1], np.int64(2), seed=np.int32(3), drop_last=np.bool_(False),
+                             num_replicas=np.int64(2), rank=np.int64(1))
+    assert (s.batch_size, s.seed, s.num_replicas, s.rank) == (2, 3, 2, 1) and len(list(s)) == len(s)
