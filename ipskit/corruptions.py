@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ipskit.checks import InputError, check_int
+
 __all__ = ["CORRUPTIONS", "SEVERITY_PARAMS", "corrupt"]
 
 # Per corruption, the parameter for severities 1..5 (CIFAR-C constants; units in comments).
@@ -151,17 +153,16 @@ def corrupt(
     Returns:
         corrupted images ``[B, C, H, W]`` in [0, 1], same device and float dtype as ``x``.
     """
-    if name not in SEVERITY_PARAMS:
-        raise ValueError(f"unknown corruption {name!r}; known corruptions: {', '.join(CORRUPTIONS)}")
-    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
-        raise ValueError(f"corruption severity must be an integer in 1..5, got {severity!r}")
+    if not isinstance(name, str) or name not in SEVERITY_PARAMS:
+        raise InputError(f"unknown corruption {name!r}; known corruptions: {', '.join(CORRUPTIONS)}")
+    severity = check_int("corruption severity", severity, 1, 5)
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] not in (1, 3):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be images [B, C, H, W] with C = 1 or 3, got {shape}")
+        raise InputError(f"x must be images [B, C, H, W] with C = 1 or 3, got {shape}")
     if not x.dtype.is_floating_point:
-        raise TypeError(f"x must be a float tensor in [0, 1], got dtype {x.dtype}")
+        raise InputError(f"x must be a float tensor in [0, 1], got dtype {x.dtype}")
     if x.numel() and (float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6):
-        raise ValueError(f"x must be in [0, 1], got values in [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+        raise InputError(f"x must be in [0, 1], got values in [{float(x.min()):.3g}, {float(x.max()):.3g}]")
     c = SEVERITY_PARAMS[name][severity - 1]
     dtype = x.dtype
     x = x.float()

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ipskit.checks import InputError, check_float, check_int
 from ipskit.corruptions import CORRUPTIONS, SEVERITY_PARAMS, corrupt
 
 __all__ = [
@@ -56,9 +57,7 @@ CIFAR_C_NAMES = (
 
 
 def _check_eps(eps: float) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= float(eps) <= 1.0:
-        raise ValueError(f"epsilon must be a number in [0, 1] (pixel units of a [0, 1] image), got {eps!r}")
-    return float(eps)
+    return check_float("epsilon (pixel units of a [0, 1] image)", eps, 0, 1)
 
 
 def _input_grad(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -120,9 +119,8 @@ def pgd(
         adversarial images ``[B, C, H, W]`` in [0, 1] with ``|x_adv - x| <= eps``.
     """
     eps = _check_eps(eps)
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    alpha = 2.5 * eps / steps if step_size is None else float(step_size)
+    steps = check_int("steps", steps, minimum=1)
+    alpha = 2.5 * eps / steps if step_size is None else check_float("step_size", step_size, lo=0)
     x0 = x.detach()
     x_adv = x0.clone()
     if random_start and eps > 0:
@@ -164,8 +162,9 @@ def fgsm_curve(
         list of accuracies in [0, 1], one per epsilon, in the given order.
     """
     epsilons = [_check_eps(e) for e in epsilons]
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"need N >= 1 images and N labels, got x {tuple(x.shape)} and y {tuple(y.shape)}")
+        raise InputError(f"need N >= 1 images and N labels, got x {tuple(x.shape)} and y {tuple(y.shape)}")
     correct = [0] * len(epsilons)
     was_training = model.training
     model.eval()
@@ -222,11 +221,10 @@ def corruption_accuracy(
     """
     names = list(CORRUPTIONS if names is None else names)
     for n in names:
-        if n not in SEVERITY_PARAMS:
-            raise ValueError(f"unknown corruption {n!r}; known corruptions: {', '.join(CORRUPTIONS)}")
-    for s in severities:
-        if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5:
-            raise ValueError(f"corruption severity must be an integer in 1..5, got {s!r}")
+        if not isinstance(n, str) or n not in SEVERITY_PARAMS:
+            raise InputError(f"unknown corruption {n!r}; known corruptions: {', '.join(CORRUPTIONS)}")
+    severities = [check_int("corruption severity", s, 1, 5) for s in severities]
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     was_training = model.training
     model.eval()
 
@@ -275,22 +273,21 @@ def load_cifar_c(root: str | os.PathLike, name: str, severity: int) -> tuple[tor
     Returns:
         ``(x, y)``: images ``[n, 3, 32, 32]`` float32 in [0, 1], labels ``[n]`` int64.
     """
-    if name not in CIFAR_C_NAMES:
-        raise ValueError(f"unknown CIFAR-C corruption {name!r}; the published files are: {', '.join(CIFAR_C_NAMES)}")
-    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
-        raise ValueError(f"CIFAR-C severity must be an integer in 1..5, got {severity!r}")
+    if not isinstance(name, str) or name not in CIFAR_C_NAMES:
+        raise InputError(f"unknown CIFAR-C corruption {name!r}; the published files are: {', '.join(CIFAR_C_NAMES)}")
+    severity = check_int("CIFAR-C severity", severity, 1, 5)
     x_path, y_path = os.path.join(root, f"{name}.npy"), os.path.join(root, "labels.npy")
     for p in (x_path, y_path):
         if not os.path.isfile(p):
-            raise ValueError(f"CIFAR-C file not found: {p} (download CIFAR-10-C/100-C and pass its folder)")
+            raise InputError(f"CIFAR-C file not found: {p} (download CIFAR-10-C/100-C and pass its folder)")
     xs = np.load(x_path, mmap_mode="r")
     ys = np.load(y_path, mmap_mode="r")
     if xs.ndim != 4 or xs.shape[1:] != (32, 32, 3) or xs.dtype != np.uint8 or xs.shape[0] % 5 or not xs.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"{x_path} has shape {xs.shape} dtype {xs.dtype}; expected uint8 [5n, 32, 32, 3] (n = 10000 when published)"
         )
     if ys.shape != (xs.shape[0],):
-        raise ValueError(f"{y_path} has shape {ys.shape}; expected [{xs.shape[0]}] to match {name}.npy")
+        raise InputError(f"{y_path} has shape {ys.shape}; expected [{xs.shape[0]}] to match {name}.npy")
     n = xs.shape[0] // 5
     block = slice((severity - 1) * n, severity * n)
     x = torch.from_numpy(np.array(xs[block])).permute(0, 3, 1, 2).float() / 255.0  # [n, 3, 32, 32]

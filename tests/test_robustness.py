@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
+from ipskit.checks import InputError
 from ipskit.metrics import accuracy, predict
 from ipskit.robustness import (
     CORRUPTIONS,
@@ -93,11 +94,34 @@ def test_pgd_is_at_least_as_strong_as_fgsm(trained, digits):
     assert acc_pgd <= acc_fgsm + 0.01
 
 
-@pytest.mark.parametrize("bad", [-0.01, 1.5, float("nan"), "0.1"])
-def test_epsilon_outside_unit_interval(trained, digits, bad):
+@pytest.mark.parametrize("bad, match", [
+    (-0.01, r"must be in \[0, 1\], got -0.01"),
+    (1.5, r"must be in \[0, 1\], got 1.5"),
+    (float("nan"), "must be a finite number, got nan"),
+    ("0.1", "must be a number, got str '0.1'"),
+    (True, "must be a number, got bool True"),
+])
+def test_epsilon_outside_unit_interval(trained, digits, bad, match):
     _, _, x, y = digits
-    with pytest.raises(ValueError, match=r"epsilon must be a number in \[0, 1\]"):
+    with pytest.raises(InputError, match=r"epsilon \(pixel units of a \[0, 1\] image\) " + match):
         fgsm_curve(trained, x[:4], y[:4], [0.0, bad])
+    with pytest.raises(InputError, match=r"epsilon .*" + match):
+        fgsm(trained, x[:4], y[:4], bad)
+
+
+def test_attack_settings_are_checked_and_numpy_scalars_accepted(trained, digits):
+    _, _, x, y = digits
+    x, y = x[:8], y[:8]
+    assert torch.equal(fgsm(trained, x, y, np.float32(0.25)), fgsm(trained, x, y, 0.25))
+    a = pgd(trained, x, y, 0.1, steps=np.int64(2), generator=torch.Generator().manual_seed(0))
+    b = pgd(trained, x, y, 0.1, steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    with pytest.raises(InputError, match="steps must be >= 1, got 0"):
+        pgd(trained, x, y, 0.1, steps=0)
+    with pytest.raises(InputError, match="steps must be an int, got bool True"):
+        pgd(trained, x, y, 0.1, steps=True)
+    with pytest.raises(InputError, match="batch_size must be >= 1, got 0"):
+        fgsm_curve(trained, x, y, [0.1], batch_size=0)
 
 
 # ----------------------------------------------------------------------------- corruptions
@@ -150,15 +174,19 @@ def test_brightness_keeps_hue_on_colour():
 
 def test_corruption_errors():
     x = _images(3)[:2]
-    with pytest.raises(ValueError, match="unknown corruption 'fog'; known corruptions: gaussian_noise, shot_noise"):
+    with pytest.raises(InputError, match="unknown corruption 'fog'; known corruptions: gaussian_noise, shot_noise"):
         corrupt(x, "fog", 1)
-    for bad in (0, 6, 2.0):
-        with pytest.raises(ValueError, match="severity must be an integer in 1..5"):
+    for bad, match in ((0, "must be >= 1 and <= 5, got 0"), (6, "must be >= 1 and <= 5, got 6"),
+                       (2.0, "must be an int, got float 2.0"), (True, "must be an int, got bool True")):
+        with pytest.raises(InputError, match="corruption severity " + match):
             corrupt(x, "contrast", bad)
-    with pytest.raises(ValueError, match=r"C = 1 or 3"):
+    assert torch.equal(corrupt(x, "contrast", np.int64(2)), corrupt(x, "contrast", 2))
+    with pytest.raises(InputError, match=r"C = 1 or 3"):
         corrupt(torch.rand(2, 2, 8, 8), "contrast", 1)
-    with pytest.raises(ValueError, match=r"x must be in \[0, 1\]"):
+    with pytest.raises(InputError, match=r"x must be in \[0, 1\]"):
         corrupt(x * 255, "contrast", 1)
+    with pytest.raises(InputError, match="x must be a float tensor in \\[0, 1\\], got dtype torch.uint8"):
+        corrupt((x * 255).to(torch.uint8), "contrast", 1)
 
 
 def test_corruption_accuracy_structure(trained, digits):
@@ -173,8 +201,10 @@ def test_corruption_accuracy_structure(trained, digits):
     assert res["accuracy"]["gaussian_noise"]["5"] <= res["accuracy"]["gaussian_noise"]["1"] + 0.02
     again = corruption_accuracy(trained, x, y, names=names[:1], severities=(1, 5), seed=0, batch_size=64)
     assert again["accuracy"]["gaussian_noise"] == res["accuracy"]["gaussian_noise"]  # per-cell seeds
-    with pytest.raises(ValueError, match="unknown corruption 'nope'"):
+    with pytest.raises(InputError, match="unknown corruption 'nope'"):
         corruption_accuracy(trained, x, y, names=["nope"])
+    with pytest.raises(InputError, match="corruption severity must be >= 1 and <= 5, got 6"):
+        corruption_accuracy(trained, x, y, names=["contrast"], severities=(1, 6))
 
 
 # ----------------------------------------------------------------------------- CIFAR-C files
@@ -210,5 +240,5 @@ def test_load_cifar_c_errors(tmp_path):
         load_cifar_c(tmp_path, "snow", 1)
     with pytest.raises(ValueError, match="unknown CIFAR-C corruption 'smog'"):
         load_cifar_c(tmp_path, "smog", 1)
-    with pytest.raises(ValueError, match="severity must be an integer in 1..5"):
+    with pytest.raises(InputError, match="CIFAR-C severity must be >= 1 and <= 5, got 6"):
         load_cifar_c(tmp_path, "fog", 6)
