@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from torchvision.models import MobileNetV2, ShuffleNetV2
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from ipskit.checks import InputError, check_int
+
 __all__ = ["CifarResNet", "Classifier", "MODELS", "build_model"]
 
 # A builder returns (backbone mapping [B, C, S, S] -> [B, K] logits, candidate Grad-CAM layer
@@ -235,7 +237,7 @@ class Classifier(nn.Module):
             ``[B, num_classes]`` logits.
         """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"{self.name} expects images [B, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
+            raise InputError(f"{self.name} expects images [B, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
         return self.backbone((x - self.mean) / self.std)
 
     def cam_layer_names(self) -> list[str]:
@@ -269,23 +271,22 @@ class Classifier(nn.Module):
         for full in (name, f"backbone.{name}"):
             if full in modules and full != "":
                 return full
-        raise ValueError(f"no layer named '{name}' in {self.name}; Grad-CAM choices: {', '.join(self.cam_layer_names())}")
+        raise InputError(f"no layer named '{name}' in {self.name}; Grad-CAM choices: {', '.join(self.cam_layer_names())}")
 
     def get_layer(self, dotted_name: str) -> nn.Module:
         """The submodule at ``dotted_name`` (as in ``named_modules()``; the ``backbone.`` prefix is optional)."""
         return dict(self.named_modules())[self._full_name(dotted_name)]
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def _check_stats(label: str, values, in_channels: int, positive: bool) -> tuple[float, ...]:
-    vals = tuple(float(v) for v in values)
-    if len(vals) != in_channels or (positive and min(vals) <= 0):
-        need = "positive " if positive else ""
-        raise ValueError(f"{label} must be {in_channels} {need}value(s), one per channel, got {values!r}")
+    need = "positive " if positive else ""
+    bad = InputError(f"{label} must be {in_channels} finite {need}value(s), one per channel, got {values!r}")
+    try:  # any sequence of numbers: tuple, list, numpy array, tensor
+        vals = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise bad from None
+    if len(vals) != in_channels or not all(map(math.isfinite, vals)) or (positive and min(vals) <= 0):
+        raise bad
     return vals
 
 
@@ -307,15 +308,15 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: i
     """
     key = name.lower().strip() if isinstance(name, str) else name
     if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    _check_int("num_classes", num_classes, 2)
-    _check_int("in_channels", in_channels, 1)
-    _check_int("image_size", image_size, 1)
+        raise InputError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    num_classes = check_int("num_classes", num_classes, minimum=2)
+    in_channels = check_int("in_channels", in_channels, minimum=1)
+    image_size = check_int("image_size", image_size, minimum=1)
     mean = _check_stats("mean", (0.5,) * in_channels if mean is None else mean, in_channels, False)
     std = _check_stats("std", (0.5,) * in_channels if std is None else std, in_channels, True)
     builder = MODELS[key]
     backbone, candidates = builder(num_classes, in_channels, image_size)
     sizes = _probe_sizes(builder, num_classes, in_channels, image_size, candidates)
     if min(min(s) for s in sizes.values()) < 1:
-        raise ValueError(f"{key} collapses a {image_size}x{image_size} image to an empty feature map; use a larger image_size")
+        raise InputError(f"{key} collapses a {image_size}x{image_size} image to an empty feature map; use a larger image_size")
     return Classifier(backbone, key, num_classes, in_channels, image_size, mean, std, candidates, sizes)

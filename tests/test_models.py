@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from ipskit.checks import InputError
 from ipskit.models import MODELS, Classifier, build_model
 
 SHAPES = [(1, 16), (3, 32)]
@@ -67,7 +68,7 @@ def test_cam_sizes_match_a_real_forward_pass():
 def test_get_layer_accepts_names_with_and_without_backbone_prefix():
     model = build_model("resnet8", 10, 1, 16)
     assert model.get_layer("layer2") is model.get_layer("backbone.layer2") is model.backbone.layer2
-    with pytest.raises(ValueError, match=r"no layer named 'layer9' in resnet8; Grad-CAM choices: backbone.layer1, "):
+    with pytest.raises(InputError, match=r"no layer named 'layer9' in resnet8; Grad-CAM choices: backbone.layer1, "):
         model.get_layer("layer9")
 
 
@@ -108,20 +109,31 @@ def test_state_dict_round_trip_keeps_mean_std_and_model_info():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"name": "resnet99", "num_classes": 10}, r"unknown model 'resnet99'; known models: smallcnn, resnet8, .*shufflenetv2"),
-    ({"name": "resnet8", "num_classes": 1}, r"num_classes must be an int >= 2, got 1"),
-    ({"name": "resnet8", "num_classes": 10, "in_channels": 0}, r"in_channels must be an int >= 1, got 0"),
-    ({"name": "resnet8", "num_classes": 10, "mean": (0.5,)}, r"mean must be 3 value\(s\), one per channel, got \(0.5,\)"),
-    ({"name": "resnet8", "num_classes": 10, "std": (0.5, 0.0, 0.5)}, r"std must be 3 positive value\(s\)"),
+    ({"name": "resnet99", "num_classes": 10}, r"unknown model 'resnet99'; choose one of: smallcnn, resnet8, .*shufflenetv2"),
+    ({"name": "resnet8", "num_classes": 1}, r"num_classes must be >= 2, got 1"),
+    ({"name": "resnet8", "num_classes": True}, r"num_classes must be an int, got bool True"),
+    ({"name": "resnet8", "num_classes": 10, "in_channels": 0}, r"in_channels must be >= 1, got 0"),
+    ({"name": "resnet8", "num_classes": 10, "mean": (0.5,)}, r"mean must be 3 finite value\(s\), one per channel, got \(0.5,\)"),
+    ({"name": "resnet8", "num_classes": 10, "mean": 0.5}, r"mean must be 3 finite value\(s\), one per channel, got 0.5"),
+    ({"name": "resnet8", "num_classes": 10, "std": (0.5, 0.0, 0.5)}, r"std must be 3 finite positive value\(s\)"),
+    ({"name": "resnet8", "num_classes": 10, "std": (0.5, float("inf"), 0.5)}, r"std must be 3 finite positive value\(s\)"),
 ])
 def test_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         build_model(**kwargs)
+
+
+def test_numpy_sizes_are_accepted_and_model_info_stays_json():
+    import numpy as np
+
+    model = build_model("smallcnn", np.int64(4), np.int64(1), np.int64(8), mean=np.array([0.5]))
+    info = json.loads(json.dumps(model.model_info))
+    assert info["num_classes"] == 4 and info["image_size"] == 8
 
 
 def test_wrong_channel_count_is_a_clear_error():
     model = build_model("smallcnn", 10, 1, 16)
-    with pytest.raises(ValueError, match=r"smallcnn expects images \[B, 1, H, W\], got shape \(2, 3, 16, 16\)"):
+    with pytest.raises(InputError, match=r"smallcnn expects images \[B, 1, H, W\], got shape \(2, 3, 16, 16\)"):
         model(torch.rand(2, 3, 16, 16))
 
 
