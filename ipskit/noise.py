@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ipskit.checks import InputError, check_choice, check_float, check_int
+
 __all__ = ["NOISE_KINDS", "noisy_labels"]
 
 NOISE_KINDS = ("symmetric", "pairflip")
@@ -54,23 +56,21 @@ def noisy_labels(
         ``(noisy, flipped)``: ``noisy`` LongTensor ``[N]``; ``flipped`` BoolTensor ``[N]``,
         True where ``noisy != labels``.
     """
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"unknown label-noise kind {kind!r}; choose one of {list(NOISE_KINDS)}")
-    if not isinstance(rate, (int, float)) or not 0.0 <= float(rate) < 1.0:
-        raise ValueError(f"label-noise rate must be in [0, 1), got {rate!r}")
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2 to flip labels, got {num_classes!r}")
+    check_choice("label-noise kind", kind, NOISE_KINDS)
+    rate = check_float("label-noise rate", rate, 0, 1, hi_open=True)
+    num_classes = check_int("num_classes", num_classes, minimum=2, why="(to flip labels)")
+    seed = check_int("seed", seed)
     y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
     if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise ValueError(f"labels must be a 1-D integer array [N], got shape {tuple(y.shape)} dtype {y.dtype}")
+        raise InputError(f"labels must be a 1-D integer array [N], got shape {tuple(y.shape)} dtype {y.dtype}")
     y = y.long().cpu()
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(
+        raise InputError(
             f"labels must lie in [0, {num_classes - 1}], got values in [{int(y.min())}, {int(y.max())}]"
         )
 
     # 1. Draw: which samples flip, and (symmetric) an offset in 1..K-1 for each.
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch.Generator().manual_seed(seed)
     flipped = torch.rand(y.shape, generator=g) < rate  # [N]
     offset = torch.randint(1, num_classes, y.shape, generator=g)  # [N], never 0 -> never the true class
     if kind == "pairflip":

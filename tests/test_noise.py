@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ipskit.checks import InputError
 from ipskit.noise import noisy_labels
 
 
@@ -54,13 +55,22 @@ def test_seeded_and_accepts_numpy():
     [
         ({"rate": 1.0}, r"rate must be in \[0, 1\)"),
         ({"rate": -0.1}, r"rate must be in \[0, 1\)"),
-        ({"rate": 0.2, "kind": "asym"}, r"unknown label-noise kind 'asym'; choose one of \['symmetric', 'pairflip'\]"),
-        ({"rate": 0.2, "num_classes": 1}, "num_classes must be an integer >= 2"),
+        ({"rate": 0.2, "kind": "asym"}, r"unknown label-noise kind 'asym'; choose one of: symmetric, pairflip"),
+        ({"rate": 0.2, "num_classes": 1}, r"num_classes must be >= 2 \(to flip labels\), got 1"),
+        ({"rate": True}, "label-noise rate must be a number, got bool True"),
+        ({"rate": 0.2, "seed": 1.5}, "seed must be an int, got float 1.5"),
         ({"rate": 0.2, "labels": torch.tensor([0, 5])}, r"labels must lie in \[0, 2\]"),
         ({"rate": 0.2, "labels": torch.zeros(2, 2, dtype=torch.long)}, r"1-D integer array"),
     ],
 )
 def test_errors(kwargs, match):
     args = {"labels": torch.tensor([0, 1, 2]), "num_classes": 3, **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         noisy_labels(**args)
+
+
+def test_numpy_scalars_are_accepted():
+    labels = torch.arange(50) % 5
+    a = noisy_labels(labels, 5, 0.5, seed=2)
+    b = noisy_labels(labels, np.int64(5), np.float32(0.5), seed=np.int64(2))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
