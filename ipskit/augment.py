@@ -23,6 +23,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ipskit.checks import InputError, check_int
+
 __all__ = ["AugmentParams", "AugmentSpec", "apply_augment", "augment_batch", "draw_augment", "to_float01"]
 
 _PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}
@@ -43,10 +45,12 @@ class AugmentSpec:
     padding_mode: str = "zeros"
 
     def __post_init__(self):
-        if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) or self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be an int >= 0, got {self.crop_padding!r}")
-        if self.padding_mode not in _PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {', '.join(_PADDING_MODES)}, got {self.padding_mode!r}")
+        crop = check_int("crop_padding", self.crop_padding)  # Python or NumPy int, not bool
+        if crop < 0:
+            raise InputError(f"crop_padding must be an int >= 0, got {crop!r}")
+        object.__setattr__(self, "crop_padding", crop)  # frozen: a plain int for F.pad
+        if not isinstance(self.padding_mode, str) or self.padding_mode not in _PADDING_MODES:
+            raise InputError(f"padding_mode must be one of {', '.join(_PADDING_MODES)}, got {self.padding_mode!r}")
 
     @classmethod
     def for_size(cls, image_size: int, flip: bool) -> "AugmentSpec":
@@ -101,7 +105,7 @@ def apply_augment(x: torch.Tensor, params: AugmentParams, spec: AugmentSpec) -> 
         ``[B, C, H, W]`` float in [0, 1], on ``x``'s device.
     """
     if x.dim() != 4:
-        raise ValueError(f"augmentation expects a batch [B, C, H, W], got shape {tuple(x.shape)}")
+        raise InputError(f"augmentation expects a batch [B, C, H, W], got shape {tuple(x.shape)}")
     x = to_float01(x)
     b, c, h, w = x.shape
     p = spec.crop_padding
