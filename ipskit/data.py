@@ -64,8 +64,8 @@ from ipskit.augment import AugmentParams, AugmentSpec, apply_augment, augment_ba
 from ipskit.runs import atomic_write
 
 __all__ = ["DATASETS", "AugmentParams", "AugmentSpec", "DatasetBundle", "DatasetUnavailableError", "ImageFileDataset",
-           "InMemoryLoader", "TensorImageDataset", "apply_augment", "augment_batch", "draw_augment",
-           "image_from_bytes", "load_dataset", "stratified_split", "to_float01"]
+           "InMemoryLoader", "TensorImageDataset", "apply_augment", "augment_batch", "derive_seed",
+           "draw_augment", "image_from_bytes", "load_dataset", "stratified_split", "to_float01"]
 
 DATASETS = ("digits", "cifar10", "cifar100")  # plus "imagefolder:PATH"
 
@@ -537,11 +537,25 @@ def load_dataset(name: str = "digits", root: str | Path = "data", image_size: Op
     raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, imagefolder:PATH")
 
 
-# ------------------------------------------------------------------ the fast path
+# ------------------------------------------------------------------ seeds
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (base seed, epoch, rank, stream id).
+
+    The one seed mixer of the training loop (``ipskit.train`` re-exports it), kept here so that
+    data code can use it without importing the trainer.
+    """
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]
+               >> np.uint64(1))
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
+    """:class:`InMemoryLoader`'s seed for an epoch. Not :func:`derive_seed`: every run trained on
+    the fast path shuffled and augmented with these numbers, and a resumed run must go on
+    drawing them, so this linear mix stays as it is."""
     return (seed * 1_000_003 + epoch * 7_919 + 12_345) % (2 ** 62)
 
 
+# ------------------------------------------------------------------ the fast path
 class InMemoryLoader:
     """Batches from uint8 images kept on the device, augmented there: no workers, no copies.
 
@@ -556,9 +570,10 @@ class InMemoryLoader:
             B anchors then B partners); it replaces the loader's own order, and its
             ``set_epoch`` is called with the loader's epoch.
 
-    Yields ``(x [B, C, H, W] float in [0, 1], y [B] int64)``. Each ``iter()`` uses the epoch
-    set by :meth:`set_epoch` and then advances it by one, so a loop that never calls
-    ``set_epoch`` still sees a new order every epoch.
+    Yields ``(x [B, C, H, W] float in [0, 1], y [B] int64)``. The order and the augmentation
+    are a function of (``seed``, the epoch given to :meth:`set_epoch`, 0 until then) alone:
+    iterating twice gives the same batches, so call ``set_epoch(epoch)`` before each epoch, as
+    with a ``DistributedSampler``.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: Optional[int] = None,
@@ -578,10 +593,11 @@ class InMemoryLoader:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Fix the epoch used by the next ``iter()`` (and by the batch sampler)."""
+        """Select the epoch whose order and augmentation every ``iter()`` gives (and the batch
+        sampler's epoch)."""
         self.epoch = epoch
         if hasattr(self.batch_sampler, "set_epoch"):
-            self.batch_sampler.set_epoch(epoch)
+            self.batch_sampler.set_epoch(self.epoch)
 
     def __len__(self) -> int:
         if self.batch_sampler is not None:
@@ -596,10 +612,8 @@ class InMemoryLoader:
             return torch.Generator().manual_seed(seed)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self.epoch
-        self.set_epoch(epoch)
-        self.epoch = epoch + 1
-        s = _epoch_seed(self.seed, epoch)
+        self.set_epoch(self.epoch)  # the sampler's epoch too, whatever else set it since
+        s = _epoch_seed(self.seed, self.epoch)
         gen = self._augment_generator(s + 1)
         if self.batch_sampler is not None:
             batches = (torch.as_tensor(list(b), dtype=torch.long).to(self.device, non_blocking=True)

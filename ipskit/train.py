@@ -43,6 +43,7 @@ from ipskit.checks import InputError, check_device
 from ipskit import metrics as M
 from ipskit import runs
 from ipskit.config import TrainConfig
+from ipskit.data import derive_seed  # public here too: ipskit.train.derive_seed
 from ipskit.methods import Method, build_method
 
 __all__ = ["fit", "fit_or_reuse", "train_one_epoch", "evaluate_epoch", "resolve_device", "lr_factor",
@@ -71,12 +72,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise InputError(f"device {name!r} asked for but MPS is not available; use --device "
                          f"cpu or auto")
     return dev
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (base seed, epoch, rank, stream id)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]
-               >> np.uint64(1))
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:

@@ -192,11 +192,34 @@ def test_loader_is_deterministic_from_seed_and_epoch(digits):
     b = InMemoryLoader(digits.train_x, digits.train_y, 256, digits.augment, seed=3)
     e0, e0_again = epoch_batches(a, 0), epoch_batches(b, 0)
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(e0, e0_again))
-    e1 = epoch_batches(a)  # no set_epoch: the loader moved on to epoch 1 by itself
+    e1 = epoch_batches(a, 1)
     assert not torch.equal(e1[0][1], e0[0][1])
     assert torch.equal(epoch_batches(b, 1)[0][0], e1[0][0])
     c = InMemoryLoader(digits.train_x, digits.train_y, 256, digits.augment, seed=4)
     assert not torch.equal(epoch_batches(c, 0)[0][1], e0[0][1])
+
+
+def test_iterating_twice_gives_the_same_batches_only_set_epoch_moves_on(digits):
+    loader = InMemoryLoader(digits.train_x, digits.train_y, 256, digits.augment, seed=3)
+    first, again = list(loader), list(loader)
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(first, again))
+    loader.set_epoch(1)
+    assert not torch.equal(next(iter(loader))[1], first[0][1])
+
+
+def test_one_seed_mixer_and_the_loader_stream_of_existing_runs():
+    import ipskit.train
+
+    assert ipskit.train.derive_seed is ipskit.data.derive_seed
+    # numbers of ipskit.train.derive_seed and InMemoryLoader before the mixer moved to ipskit.data
+    assert [ipskit.data.derive_seed(*p) for p in [(0,), (7, 2, 0, 0), (3, 1)]] == [
+        7896617691693857887, 9139555415570476218, 5712964121383671236]
+    x, y = _index_images()
+    loader = InMemoryLoader(x, y, 8, augment=AugmentSpec(1), seed=ipskit.data.derive_seed(3, 0, 1))
+    loader.set_epoch(2)
+    xb, yb = next(iter(loader))
+    assert yb.tolist() == [12, 24, 32, 5, 14, 34, 10, 26]
+    assert xb[:, 0].gt(0).sum(dim=(1, 2)).tolist() == [9, 12, 12, 12, 9, 9, 12, 9]  # the crops drawn
 
 
 class _RecordingSampler:
