@@ -61,6 +61,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ipskit.augment import AugmentParams, AugmentSpec, apply_augment, augment_batch, draw_augment, to_float01
+from ipskit.checks import InputError, check_bool, check_float, check_int
 from ipskit.runs import atomic_write
 
 __all__ = ["DATASETS", "AugmentParams", "AugmentSpec", "DatasetBundle", "DatasetUnavailableError", "ImageFileDataset",
@@ -151,21 +152,22 @@ def image_from_bytes(data: bytes, in_channels: int, size: int, invert: bool = Fa
     Returns:
         float ``[1, C, size, size]`` in [0, 1].
     Raises:
-        ValueError: too large, not an image, or an unsupported ``in_channels``.
+        InputError: too large, not an image, or an unsupported ``in_channels``.
     """
-    if in_channels not in (1, 3):
-        raise ValueError(f"in_channels must be 1 (greyscale) or 3 (RGB), got {in_channels}")
+    if check_int("in_channels", in_channels) not in (1, 3):
+        raise InputError(f"in_channels must be 1 (greyscale) or 3 (RGB), got {in_channels}")
+    size = check_int("size", size, minimum=1)
     if len(data) > max_bytes:
-        raise ValueError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:g} MB")
+        raise InputError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:g} MB")
     try:
         with Image.open(io.BytesIO(data)) as img:  # opening reads the header only
             w, h = img.size
             if max(w, h) > max_side:
-                raise ValueError(f"the image is {w}x{h} pixels; the limit is {max_side} pixels a side")
+                raise InputError(f"the image is {w}x{h} pixels; the limit is {max_side} pixels a side")
             img.load()
             x = to_float01(_fit_image(img, size, "L" if in_channels == 1 else "RGB"))
     except (OSError, SyntaxError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
-        raise ValueError("the file is not an image that can be read (PNG, JPEG, BMP, GIF or "
+        raise InputError("the file is not an image that can be read (PNG, JPEG, BMP, GIF or "
                          "WebP are accepted)") from None
     return (1.0 - x if invert else x)[None]
 
@@ -327,7 +329,7 @@ def _scan_folder(path: Path):
     except FileNotFoundError:
         classes = []
     if not classes:
-        raise ValueError(f"no class folders in {path}; expected {path}/<class>/<image> files")
+        raise InputError(f"no class folders in {path}; expected {path}/<class>/<image> files")
     paths, stamps, targets = [], [], []
     for c, name in enumerate(classes):
         images, todo = {}, [os.path.join(top, name)]  # folder -> its image entries, as os.walk(followlinks=True)
@@ -435,7 +437,7 @@ def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int
                       cache_dir) -> DatasetBundle:
     path = Path(spec).expanduser()
     if not path.is_dir():
-        raise ValueError(f"imagefolder path {str(path)!r} is not a directory; give a folder of class folders "
+        raise InputError(f"imagefolder path {str(path)!r} is not a directory; give a folder of class folders "
                          "(PATH/<class>/*.png) or one with train/ and val/ (or test/) inside")
     held_out = next((path / s for s in ("val", "test") if (path / s).is_dir()), None)
     two_level = (path / "train").is_dir() and held_out is not None
@@ -444,16 +446,16 @@ def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int
         classes, train_paths, train_stamps, train_y = _scan_folder(where)
         test_classes, test_paths, test_stamps, test_y = _scan_folder(held_out)
         if test_classes != classes:
-            raise ValueError(f"class folders differ: {where} has {classes}, {held_out} has {test_classes}")
+            raise InputError(f"class folders differ: {where} has {classes}, {held_out} has {test_classes}")
     else:  # one level of class folders (PATH/train/ alone counts as that level)
         where = path / "train" if (path / "train").is_dir() else path
         classes, all_paths, all_stamps, train_y = _scan_folder(where)
     if len(classes) < 2:
-        raise ValueError(f"{where} has {len(classes)} class folder ({', '.join(classes)}); classification needs at least 2")
+        raise InputError(f"{where} has {len(classes)} class folder ({', '.join(classes)}); classification needs at least 2")
     counts = torch.bincount(train_y, minlength=len(classes))
     if int(counts.min()) < 2:
         c = int(counts.argmin())
-        raise ValueError(f"class {classes[c]!r} in {where} has {int(counts[c])} image(s); every class needs "
+        raise InputError(f"class {classes[c]!r} in {where} has {int(counts[c])} image(s); every class needs "
                          "at least 2 training images (IPS pairs two images of the same class)")
     if not two_level:  # hold out a seeded stratified share of every class
         tr, te = stratified_split(train_y, val_fraction, seed)
@@ -461,7 +463,7 @@ def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int
         train_stamps, test_stamps = [all_stamps[i] for i in tr], [all_stamps[i] for i in te]
         train_y, test_y = train_y[tr], train_y[te]
     if not test_paths:
-        raise ValueError(f"no held-out images for {path}: {held_out or where} leaves an empty test set; "
+        raise InputError(f"no held-out images for {path}: {held_out or where} leaves an empty test set; "
                          "add images to val/ (or test/) or raise val_fraction")
     with Image.open(train_paths[0]) as first:  # grayscale folders stay 1-channel
         mode = "L" if first.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
@@ -516,13 +518,18 @@ def load_dataset(name: str = "digits", root: str | Path = "data", image_size: Op
 
     Returns:
         A :class:`DatasetBundle`.
+    Raises:
+        InputError: a bad argument, an unknown name, or an image folder that cannot be used.
+        DatasetUnavailableError: CIFAR's files are missing and cannot be downloaded.
     """
     if not isinstance(name, str):
         raise TypeError(f"dataset name must be a str, got {type(name).__name__}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4):
-        raise ValueError(f"image_size must be an int >= 4 or None, got {image_size!r}")
-    if not 0.0 < float(val_fraction) < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    if image_size is not None:
+        image_size = check_int("image_size", image_size, minimum=4, why="(or None for the dataset's default)")
+    val_fraction = check_float("val_fraction", val_fraction, 0, 1, lo_open=True, hi_open=True)
+    seed = check_int("seed", seed)
+    max_memory_bytes = check_int("max_memory_bytes", max_memory_bytes, minimum=0)
+    download = check_bool("download", download)
     if not (cache_dir is None or cache_dir is False or isinstance(cache_dir, (str, os.PathLike))):
         raise TypeError(f"cache_dir must be a folder, None (the default folder) or False (no cache), got {cache_dir!r}")
     key = name.strip()
@@ -534,7 +541,7 @@ def load_dataset(name: str = "digits", root: str | Path = "data", image_size: Op
     if low.startswith("imagefolder:") and len(key) > len("imagefolder:"):
         return _load_imagefolder(key[len("imagefolder:"):], image_size or 32, float(val_fraction), seed, max_memory_bytes,
                                  cache_dir)
-    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, imagefolder:PATH")
+    raise InputError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, imagefolder:PATH")
 
 
 # ------------------------------------------------------------------ seeds
@@ -583,9 +590,9 @@ class InMemoryLoader:
             raise TypeError(f"x must be a uint8 tensor [N, C, H, W], got {getattr(x, 'dtype', type(x))} "
                             f"{tuple(getattr(x, 'shape', ()))}")
         if y.dim() != 1 or len(y) != len(x):
-            raise ValueError(f"y must have shape [{len(x)}], got {tuple(y.shape)}")
-        if batch_sampler is None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be an int >= 1 (or give a batch_sampler), got {batch_size!r}")
+            raise InputError(f"y must have shape [{len(x)}], got {tuple(y.shape)}")
+        if batch_sampler is None:
+            batch_size = check_int("batch_size", batch_size, minimum=1, why="(or give a batch_sampler)")
         self.device = torch.device(device)
         self.x, self.y = x.to(self.device), y.to(self.device, torch.long)
         self.batch_size, self.augment, self.seed = batch_size, augment, seed
@@ -595,7 +602,7 @@ class InMemoryLoader:
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and augmentation every ``iter()`` gives (and the batch
         sampler's epoch)."""
-        self.epoch = epoch
+        self.epoch = check_int("epoch", epoch)
         if hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(self.epoch)
 

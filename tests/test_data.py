@@ -12,6 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import ipskit.data
+from ipskit.checks import InputError
 from ipskit.data import (AugmentParams, AugmentSpec, DatasetUnavailableError, ImageFileDataset, InMemoryLoader,
                          apply_augment, augment_batch, draw_augment, load_dataset, stratified_split)
 
@@ -80,12 +81,22 @@ def test_stratified_split_keeps_two_training_items_per_class():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"name": "mnist"}, r"unknown dataset 'mnist'; known datasets: digits, cifar10, cifar100, imagefolder:PATH"),
-    ({"name": "digits", "image_size": 2}, r"image_size must be an int >= 4 or None, got 2"),
-    ({"name": "digits", "val_fraction": 1.0}, r"val_fraction must be in \(0, 1\), got 1.0"),
+    ({"image_size": 2}, r"image_size must be >= 4 \(or None for the dataset's default\), got 2"),
+    ({"image_size": True}, r"image_size must be an int, got bool True"),
+    ({"val_fraction": 1.0}, r"val_fraction must be in \(0, 1\), got 1.0"),
+    ({"val_fraction": "0.2"}, r"val_fraction must be a number, got str '0.2'"),
+    ({"seed": 1.5}, r"seed must be an int, got float 1.5"),
+    ({"max_memory_bytes": -1}, r"max_memory_bytes must be >= 0, got -1"),
 ])
 def test_load_dataset_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        load_dataset(**kwargs)
+    with pytest.raises(InputError, match=match) as e:
+        load_dataset(**{"name": "digits", **kwargs})
+    assert "\n" not in str(e.value)
+
+
+def test_load_dataset_accepts_numpy_scalars():
+    b = load_dataset("digits", image_size=np.int64(8), val_fraction=np.float32(0.2), seed=np.int64(0))
+    assert b.image_size == 8 and len(b.test_y) == 359
 
 
 # ------------------------------------------------------------------ augmentation
@@ -205,6 +216,8 @@ def test_iterating_twice_gives_the_same_batches_only_set_epoch_moves_on(digits):
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(first, again))
     loader.set_epoch(1)
     assert not torch.equal(next(iter(loader))[1], first[0][1])
+    with pytest.raises(InputError, match=r"epoch must be an int, got float 1.0"):
+        loader.set_epoch(1.0)
 
 
 def test_one_seed_mixer_and_the_loader_stream_of_existing_runs():
@@ -266,10 +279,16 @@ def test_standard_dataloader_pipeline_matches_fast_path_format(digits):
 
 
 def test_loader_rejects_bad_input():
+    x = torch.zeros(4, 1, 4, 4, dtype=torch.uint8)
     with pytest.raises(TypeError, match=r"x must be a uint8 tensor \[N, C, H, W\], got torch.float32"):
         InMemoryLoader(torch.zeros(4, 1, 4, 4), torch.zeros(4), 2)
-    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1 \(or give a batch_sampler\), got 0"):
-        InMemoryLoader(torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.zeros(4), 0)
+    with pytest.raises(InputError, match=r"batch_size must be >= 1 \(or give a batch_sampler\), got 0"):
+        InMemoryLoader(x, torch.zeros(4), 0)
+    with pytest.raises(InputError, match=r"batch_size must be an int, got bool True"):
+        InMemoryLoader(x, torch.zeros(4), True)
+    with pytest.raises(InputError, match=r"y must have shape \[4\], got \(3,\)"):
+        InMemoryLoader(x, torch.zeros(3), 2)
+    assert len(InMemoryLoader(x, torch.zeros(4), np.int64(2))) == 2
 
 
 # ------------------------------------------------------------------ image folders
@@ -331,20 +350,20 @@ def test_imagefolder_too_big_for_memory_decodes_lazily(tmp_path):
 ])
 def test_imagefolder_bad_trees(tmp_path, counts, match):
     _write_tree(tmp_path, counts)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         load_dataset(f"imagefolder:{tmp_path}")
 
 
 def test_imagefolder_missing_path_and_class_mismatch(tmp_path):
-    with pytest.raises(ValueError, match=r"imagefolder path '.*nowhere' is not a directory"):
+    with pytest.raises(InputError, match=r"imagefolder path '.*nowhere' is not a directory"):
         load_dataset(f"imagefolder:{tmp_path / 'nowhere'}")
     _write_tree(tmp_path / "train", {"a": 2, "b": 2})
     _write_tree(tmp_path / "val", {"a": 0, "b": 0})
-    with pytest.raises(ValueError, match=r"no held-out images for .*: .*val leaves an empty test set"):
+    with pytest.raises(InputError, match=r"no held-out images for .*: .*val leaves an empty test set"):
         load_dataset(f"imagefolder:{tmp_path}")
     (tmp_path / "val").rename(tmp_path / "old")
     _write_tree(tmp_path / "test", {"a": 1, "c": 1})
-    with pytest.raises(ValueError, match=r"class folders differ: .*train has \['a', 'b'\], .*test has \['a', 'c'\]"):
+    with pytest.raises(InputError, match=r"class folders differ: .*train has \['a', 'b'\], .*test has \['a', 'c'\]"):
         load_dataset(f"imagefolder:{tmp_path}")
 
 
@@ -599,6 +618,8 @@ def test_image_from_bytes_prepares_one_model_input():
     (b"\0" * (3 * 2**19), {"max_bytes": 2**20}, "the file is 1.5 MB; the limit is 1 MB"),
     ("wide", {"max_side": 64}, "100x10 pixels; the limit is 64 pixels a side"),
     ("wide", {"in_channels": 4}, "in_channels must be 1"),
+    ("wide", {"in_channels": True}, "in_channels must be an int, got bool True"),
+    ("wide", {"size": 0}, "size must be >= 1, got 0"),
 ])
 def test_image_from_bytes_refuses_bad_files_in_one_line(data, kwargs, message):
     from ipskit.data import image_from_bytes
@@ -606,6 +627,6 @@ def test_image_from_bytes_refuses_bad_files_in_one_line(data, kwargs, message):
     if data == "wide":
         data = _png(Image.new("RGB", (100, 10)))
     kwargs = {"in_channels": 3, "size": 8, **kwargs}
-    with pytest.raises(ValueError, match=message) as e:
+    with pytest.raises(InputError, match=message) as e:
         image_from_bytes(data, **kwargs)
     assert "\n" not in str(e.value)
