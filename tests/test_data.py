@@ -1,7 +1,12 @@
 """Tests for ipskit.data and ipskit.augment: datasets, augmentation, the in-memory loader."""
+import io
 import os
 import pickle
+import struct
+import threading
+import time
 import urllib.error
+import zlib
 
 import numpy as np
 import pytest
@@ -87,6 +92,7 @@ def test_stratified_split_keeps_two_training_items_per_class():
     ({"val_fraction": "0.2"}, r"val_fraction must be a number, got str '0.2'"),
     ({"seed": 1.5}, r"seed must be an int, got float 1.5"),
     ({"max_memory_bytes": -1}, r"max_memory_bytes must be >= 0, got -1"),
+    ({"skip_bad_files": 1}, r"skip_bad_files must be True or False, got int 1"),
 ])
 def test_load_dataset_bad_arguments(kwargs, match):
     with pytest.raises(InputError, match=match) as e:
@@ -378,12 +384,12 @@ def test_scan_matches_torchvision_imagefolder(tmp_path):
         (tmp_path / f).write_bytes(b"")
     (tmp_path / "stray.png").write_bytes(b"")  # a file beside the class folders is no sample
     (tmp_path / "a/1.bmp").write_bytes(b"abc")
-    classes, paths, stamps, targets = ipskit.data._scan_folder(tmp_path)
+    classes, paths, stamps, targets, skipped = ipskit.data._scan_folder(tmp_path)
     ref = ImageFolder(str(tmp_path), allow_empty=True)
     assert classes == ref.classes == [".hidden", "a", "b", "empty"]
     assert paths == [p for p, _ in ref.samples] and targets.tolist() == ref.targets
     assert [st.split("\0")[0] for st in stamps] == [os.path.relpath(p, tmp_path) for p in paths]
-    assert stamps[2] == f"a/1.bmp\x003\x00{os.stat(tmp_path / 'a/1.bmp').st_mtime_ns}\x00"
+    assert stamps[2] == f"a/1.bmp\x003\x00{os.stat(tmp_path / 'a/1.bmp').st_mtime_ns}\x00" and skipped == []
 
 
 def test_parallel_decode_matches_serial_decode(tmp_path):
@@ -394,8 +400,8 @@ def test_parallel_decode_matches_serial_decode(tmp_path):
         Image.fromarray(rng.integers(0, 256, (9 + i, 14 + 2 * i, 3), dtype=np.uint8)).save(path)
         paths.append(str(path))
     serial = torch.stack([ipskit.data._read_image(p, 8, "RGB") for p in paths])
-    parallel = ipskit.data._decode_images(paths, 8, "RGB", chunk=3, workers=4)
-    assert parallel.shape == (11, 3, 8, 8) and parallel.dtype == torch.uint8
+    parallel, bad = ipskit.data._decode_images(paths, 8, "RGB", chunk=3, workers=4)
+    assert bad == {} and parallel.shape == (11, 3, 8, 8) and parallel.dtype == torch.uint8
     assert torch.equal(parallel, serial)
 
 
@@ -552,6 +558,179 @@ def test_a_failed_cache_write_leaves_no_file_behind(tmp_path, monkeypatch, capsy
     assert "OSError: [Errno 28] No space left on device" in line
 
 
+# ------------------------------------------------------------------ image folders: symlinks, bit depths, bad files
+def _levels(b, label):
+    """The flat fill level of every image of class ``label``, train and test."""
+    x = torch.cat([b.train_x[b.train_y == label], b.test_x[b.test_y == label]])
+    assert torch.equal(x.amin(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3)))  # flat, all channels equal
+    return sorted(x[:, 0, 0, 0].tolist())
+
+
+def test_a_symlink_loop_is_not_followed(tmp_path, capsys):
+    _write_tree(tmp_path, {"a": 6, "b": 6}, mode="L")
+    (tmp_path / "a" / "up").symlink_to("..")  # was: 492 samples, b's images as a, train images in the test set
+    b = load_dataset(f"imagefolder:{tmp_path}", image_size=4, cache_dir=False)
+    assert len(b.train_y) + len(b.test_y) == 12
+    assert _levels(b, 0) == [0, 1, 2, 3, 4, 5] and _levels(b, 1) == [40, 41, 42, 43, 44, 45]
+    assert "warning: skipped 1 folder symlink(s)" in capsys.readouterr().err
+
+
+def test_folder_symlinks_that_loop_or_repeat_images_are_skipped(tmp_path, capsys):
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    _write_tree(data, {"a": 6, "b": 6}, mode="L")  # class a levels 0..5, class b 40..45
+    (data / "a" / "up").symlink_to("..")  # a loop back to the dataset: ImageFolder reads b's images as a
+    (data / "b" / "also-a").symlink_to(data / "a")  # another class's folder
+    (data / "c-copy").symlink_to("b", target_is_directory=True)  # a class that is another class
+    for i in range(3):  # a folder outside the dataset, linked from a, then again from b
+        outside.mkdir(exist_ok=True)
+        Image.new("L", (12, 10), 200 + i).save(outside / f"{i}.png")
+    (data / "a" / "extra").symlink_to(outside)
+    (data / "b" / "extra").symlink_to(outside)
+    b = load_dataset(f"imagefolder:{data}", image_size=4, cache_dir=False)
+    assert b.classes == ["a", "b"] and len(b.train_y) + len(b.test_y) == 15
+    assert _levels(b, 0) == [0, 1, 2, 3, 4, 5, 200, 201, 202] and _levels(b, 1) == [40, 41, 42, 43, 44, 45]
+    (line,) = _warnings(capsys.readouterr().err)
+    assert line.startswith(f"warning: skipped 4 folder symlink(s) in {data} that lead back into it or to a folder "
+                           f"already read (the first: {data / 'c-copy'}); their images would be read twice")
+
+
+def test_train_and_val_symlinks_do_not_leak_images_across_the_split(tmp_path, capsys):
+    _write_tree(tmp_path / "train", {"a": 3, "b": 3}, mode="L")
+    _write_tree(tmp_path / "val", {"a": 1, "b": 1}, mode="L")
+    (tmp_path / "train" / "a" / "peek").symlink_to(tmp_path / "val" / "a")
+    b = load_dataset(f"imagefolder:{tmp_path}", image_size=4, cache_dir=False)
+    assert len(b.train_y) == 6 and len(b.test_y) == 2
+    assert "skipped 1 folder symlink(s)" in capsys.readouterr().err
+
+
+def _save_png16(path, level16):
+    Image.fromarray(np.full((10, 12), level16, dtype=np.uint16)).save(path)  # mode I;16
+
+
+def test_16_bit_and_float_images_are_scaled_to_8_bits(tmp_path):
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "float").mkdir()
+    for i in range(4):
+        _save_png16(tmp_path / "deep" / f"{i}.png", 257 * (100 + i))  # 8-bit level 100 + i
+        Image.fromarray(np.full((10, 12), 0.25 * i, dtype=np.float32)).save(tmp_path / "float" / f"{i}.tif")
+    Image.fromarray(np.full((10, 12), 300.0, dtype=np.float32)).save(tmp_path / "float" / "bright.tif")
+    with Image.open(tmp_path / "deep" / "0.png") as img, Image.open(tmp_path / "float" / "0.tif") as f:
+        assert (img.mode, f.mode) == ("I;16", "F")
+    b = load_dataset(f"imagefolder:{tmp_path}", image_size=4, val_fraction=0.25, cache_dir=False)
+    assert b.in_channels == 1
+    assert _levels(b, 0) == [100, 101, 102, 103]  # PIL's convert("L") gives 255 for all of them
+    assert _levels(b, 1) == [0, 64, 128, 191, 255]  # [0, 1] floats by 255; 300.0 clipped to 255
+    from ipskit.data import image_from_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 257 * 60, dtype=np.uint16)).save(buf, format="PNG")
+    x = image_from_bytes(buf.getvalue(), in_channels=1, size=4)  # an upload gets the same scaling
+    assert torch.allclose(x, torch.full((1, 1, 4, 4), 60 / 255))
+
+
+def test_a_folder_with_any_colour_image_is_rgb(tmp_path):
+    _write_tree(tmp_path, {"a": 4}, mode="L")  # the first file is grey ...
+    _write_tree(tmp_path / "b-colour", {"b": 4}, mode="RGB")  # ... and a later class in colour
+    (tmp_path / "b-colour" / "b").rename(tmp_path / "b")
+    (tmp_path / "b-colour").rmdir()
+    b = load_dataset(f"imagefolder:{tmp_path}", image_size=4, cache_dir=False)
+    assert b.in_channels == 3 and b.train_x.shape[1] == 3
+    grey, colour = b.train_x[b.train_y == 0], b.train_x[b.train_y == 1]
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])  # grey stays grey
+    assert colour[:, 0, 0, 0].tolist() != colour[:, 1, 0, 0].tolist()  # colour is not made grey
+    lazy = load_dataset(f"imagefolder:{tmp_path}", image_size=4, max_memory_bytes=0)
+    assert lazy.in_channels == 3 and lazy.train_dataset[0][0].shape == (3, 4, 4)
+
+
+def _png_header(w, h):
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def _truncated_jpeg():
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()[:len(buf.getvalue()) // 2]
+
+
+BAD_FILES = {  # name: (file name, bytes, the problem in the message)
+    "text": ("notes.png", b"these are my notes, not a picture\n", r"not an image file PIL can read"),
+    "empty": ("empty.png", b"", r"the file is empty \(0 bytes\)"),
+    "truncated": ("cut.jpg", None, r"cannot be decoded, truncated or damaged \(OSError: image file is truncated"),
+    "bomb": ("bomb.png", _png_header(30000, 30000), r"too large to decode \(Image size \(900000000 pixels\) exceeds"),
+    "big": ("big.png", _png_header(10000, 10000), r"10000x10000 pixels is more than the 89478485 PIL decodes"),
+}
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_a_bad_file_is_one_line_naming_it_or_skipped_on_request(tmp_path, capsys, kind):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _noise_tree(data, {"cat": 5, "dog": 5})
+    name, raw, problem = BAD_FILES[kind]
+    (data / "dog" / name).write_bytes(_truncated_jpeg() if raw is None else raw)
+    with pytest.raises(InputError, match=rf"^bad image file {data / 'dog' / name}: {problem}.*; fix or remove it, "
+                       r"or load with skip_bad_files=True$") as e:
+        load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache)
+    assert "\n" not in str(e.value)
+    assert not cache.exists() or list(cache.iterdir()) == []  # no cache, whole or half, of a failed load
+    capsys.readouterr()
+    skipped = load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache, skip_bad_files=True)
+    _same_bundle(skipped, load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=False, skip_bad_files=True))
+    assert len(skipped.train_y) + len(skipped.test_y) == 10 and skipped.train_x.shape[1] == 3
+    lines = _warnings(capsys.readouterr().err)
+    assert len(lines) == 2 and lines[0] == lines[1]  # one line per load
+    assert lines[0].startswith(f"warning: skipped 1 bad image file(s) of 11 in {data} (the first: "
+                               f"{data / 'dog' / name}: ")
+    # from the cache: the same images, the same warning; without the flag, the same error
+    again = load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache, skip_bad_files=True)
+    _same_bundle(again, skipped)
+    assert _warnings(capsys.readouterr().err) == lines[:1]
+    with pytest.raises(InputError, match=rf"^bad image file {data / 'dog' / name}: {problem}"):
+        load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache)
+    if kind != "truncated":  # too big for memory: the headers are still read at load
+        lazy = load_dataset(f"imagefolder:{data}", image_size=8, max_memory_bytes=0, skip_bad_files=True)
+        assert len(lazy.train_dataset) + len(lazy.test_dataset) == 10
+        with pytest.raises(InputError, match=rf"^bad image file {data / 'dog' / name}: {problem}"):
+            load_dataset(f"imagefolder:{data}", image_size=8, max_memory_bytes=0)
+
+
+def test_skipping_may_leave_a_class_too_small(tmp_path):
+    _noise_tree(tmp_path, {"cat": 4, "dog": 2})
+    (tmp_path / "dog" / "0.png").write_bytes(b"")
+    with pytest.raises(InputError, match=r"class 'dog' in .* has 1 image\(s\) that can be read; every class needs"):
+        load_dataset(f"imagefolder:{tmp_path}", image_size=8, skip_bad_files=True)
+
+
+def test_parallel_decode_reports_the_first_bad_file_in_order(tmp_path, monkeypatch):
+    paths = []
+    for i in range(12):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (9, 7), (i, 2 * i, 3 * i)).save(paths[-1])
+    for i in (5, 9):
+        (tmp_path / f"{i}.png").write_bytes(b"broken")
+    read, started = ipskit.data._read_image, threading.Event()
+
+    def slow_start(path, *args):  # the chunk with file 5 starts last: file 9 fails first in time
+        if path == paths[4]:
+            started.wait(5)
+            time.sleep(0.2)
+        elif path == paths[8]:
+            started.set()
+        return read(path, *args)
+
+    monkeypatch.setattr(ipskit.data, "_read_image", slow_start)
+    for _ in range(3):
+        with pytest.raises(InputError, match=rf"^bad image file {paths[5]}: not an image file PIL can read"):
+            ipskit.data._decode_images(paths, 4, "RGB", chunk=2, workers=4)
+        started.clear()
+    x, bad = ipskit.data._decode_images(paths, 4, "RGB", chunk=2, workers=4, skip_bad=True)
+    assert list(bad) == [5, 9] and all(isinstance(e, InputError) for e in bad.values())
+    good = [i for i in range(12) if i not in bad]
+    assert torch.equal(x[good], torch.stack([read(paths[i], 4, "RGB") for i in good]))
+
+
 # ------------------------------------------------------------------ CIFAR
 def test_cifar_offline_gives_one_clear_line(tmp_path, monkeypatch):
     def no_network(self):
@@ -594,7 +773,6 @@ def test_cifar_from_extracted_folder(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ one image from bytes (uploads)
 def _png(img: Image.Image) -> bytes:
-    import io
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
