@@ -25,7 +25,6 @@ import dataclasses
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -391,13 +390,15 @@ def _resume_state(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
         raise InputError(f"{run_dir} exists and is not an ipskit run folder (no "
                          f"{runs.CONFIG}); choose another --name or --out-dir")
     if overwrite:
+        runs.check_replaceable(run_dir, cfg.out_dir)
         return None
     if not resume:
         raise InputError(f"run folder {run_dir} already exists; pass --resume to continue it, "
                          f"--overwrite to replace it, or --name for a new one")
     ckpt_path = run_dir / runs.CHECKPOINT
-    if not ckpt_path.exists():
-        return None  # killed before the first epoch ended: nothing to keep
+    if not ckpt_path.exists():  # killed before the first epoch ended: nothing to keep
+        runs.check_replaceable(run_dir, cfg.out_dir)
+        return None
     ckpt = runs.load_checkpoint(ckpt_path)
     saved = ckpt.get("config") or {}
     now = dataclasses.asdict(cfg)
@@ -439,8 +440,11 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     world, rank, local, owns_pg = _init_distributed(cfg.device)
     try:
-        return _fit(cfg, resume, overwrite, progress and rank == 0, verbose and rank == 0,
-                    world, rank, local, on_epoch if rank == 0 else None)
+        # Rank 0 holds the run folder from before its checks to the end: a second process
+        # asking for the same folder is refused at once instead of interleaving its files.
+        with runs.claim_run_dir(Path(cfg.out_dir) / cfg.run_name) if rank == 0 else nullcontext():
+            return _fit(cfg, resume, overwrite, progress and rank == 0, verbose and rank == 0,
+                        world, rank, local, on_epoch if rank == 0 else None)
     finally:
         if owns_pg:
             dist.destroy_process_group()
@@ -515,11 +519,8 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
         dist.barrier()
     if rank == 0:
         if ckpt is None:
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True)
-            runs.atomic_write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(cfg),
-                                                           "ipskit_version": __version__})
+            runs.replace_run_dir(run_dir, lambda d: runs.atomic_write_json(
+                d / runs.CONFIG, {**dataclasses.asdict(cfg), "ipskit_version": __version__}))
         runs.atomic_write_json(run_dir / runs.ENV, _env_info(device, world))
         runs.atomic_write_jsonl(run_dir / runs.METRICS, history)
         (run_dir / runs.SUMMARY).unlink(missing_ok=True)

@@ -262,3 +262,74 @@ def test_evaluate_is_a_deprecated_alias_of_evaluate_epoch():
     with pytest.warns(DeprecationWarning, match="renamed evaluate_epoch"):
         old = evaluate(model, loader, torch.device("cpu"))
     assert old == evaluate_epoch(model, loader, torch.device("cpu"))
+
+
+# ----- run folders: nothing lost, nothing interleaved ------------------------------------------
+@pytest.mark.parametrize("name", [".", "a/./b", "a//b", "./", "..", "a/.."])
+def test_names_with_empty_dot_or_dotdot_parts_are_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="must be a relative folder name inside out_dir"):
+        tiny(tmp_path, name=name)
+
+
+def test_overwrite_never_removes_a_folder_of_runs_or_a_link(tmp_path):
+    outer = fit(tiny(tmp_path, method="ce", name="a"), progress=False, verbose=False)
+    fit(tiny(tmp_path, method="ce", name="a/inner"), progress=False, verbose=False)
+    with pytest.raises(ValueError, match=r"holds other runs .*never a folder of runs"):
+        fit(tiny(tmp_path, method="ce", name="a"), overwrite=True, progress=False, verbose=False)
+    assert (tmp_path / "a" / "inner" / "summary.json").is_file()
+    assert runs.read_json(tmp_path / "a" / "summary.json")["wall_time_s"] == outer["wall_time_s"]
+    (tmp_path / "link").symlink_to(tmp_path / "a" / "inner")
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        fit(tiny(tmp_path, method="ce", name="link"), overwrite=True, progress=False, verbose=False)
+    assert (tmp_path / "a" / "inner" / "checkpoint.pt").is_file()
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_is_written(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, method="ce", name="r")
+    fit(cfg, progress=False, verbose=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    monkeypatch.setattr(runs.os, "access", lambda path, mode: False)  # a read-only folder
+    with pytest.raises(ValueError, match="cannot write to .* nothing was changed"):
+        fit(cfg, overwrite=True, progress=False, verbose=False)
+    monkeypatch.undo()
+
+    def disk_full(path, obj):
+        raise OSError(28, "No space left on device", str(path))
+    monkeypatch.setattr(runs, "atomic_write_json", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        fit(cfg, overwrite=True, progress=False, verbose=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # nothing left aside
+
+
+def test_a_second_process_on_the_same_run_folder_is_refused_at_once(tmp_path):
+    """Two ``ipskit train`` on one --out-dir/--name: the second gets one line and status 2
+    while the first holds the folder, instead of both writing into it."""
+    import subprocess
+    import sys
+
+    cfg = tiny(tmp_path, method="ce", name="shared")
+    with runs.claim_run_dir(tmp_path / "shared"):
+        with pytest.raises(runs.RunBusyError, match="being written by another ipskit process"):
+            fit(cfg, progress=False, verbose=False)
+        r = subprocess.run([sys.executable, "-m", "ipskit", "train", "--model", "smallcnn",
+                            "--image-size", "8", "--epochs", "1", "--max-train-samples", "200",
+                            "--out-dir", str(tmp_path), "--name", "shared", "--no-progress"],
+                           capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"error: run folder {tmp_path / 'shared'} is being written by another ipskit process; "
+        "wait for it to finish or choose another --name"]
+    assert not (tmp_path / "shared").exists()
+    fit(cfg, progress=False, verbose=False)  # released: the folder can be claimed again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # no lock file left
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    fit(tiny(tmp_path, method="ce", name="r"), progress=False, verbose=False)
+    expected = 0o666 & ~runs._UMASK
+    for p in (tmp_path / "r").iterdir():
+        assert stat.S_IMODE(os.stat(p).st_mode) == expected, p.name
