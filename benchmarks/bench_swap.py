@@ -11,10 +11,13 @@ Also the build time of ``SameClassPairSampler`` for 50,000 labels.
 Usage:
     python benchmarks/bench_swap.py                 # CPU, default sizes
     python benchmarks/bench_swap.py --device cuda   # on a GPU (synchronised timings)
+    python benchmarks/bench_swap.py --quick --json swap.json   # 32x32 sizes only, 3 rounds;
+                                                    # the table also as JSON
 """
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import time
@@ -83,8 +86,13 @@ def bench_sampler(n=50_000, classes=100, rounds=7):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds per size")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved timing rounds per size (default: 15, or 3 with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="32x32 sizes only and 3 rounds: a smoke run in seconds, not a measurement")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     args = p.parse_args()
+    args.rounds = args.rounds or (3 if args.quick else 15)
     device = torch.device(args.device)
     random.seed(0)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -93,13 +101,24 @@ def main():
     print("| batch | image | grid | ipskit ms | loop ms | floor ms | ipskit / floor | loop / ipskit |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     cases = [(64, 3, 32, 8), (256, 3, 32, 8), (1024, 3, 32, 8), (64, 3, 224, 2), (256, 3, 224, 2)]
+    if args.quick:
+        cases = cases[:2]
+    rows = []
     for B, C, H, g in cases:
         r = bench_case(B, C, H, g, device, args.rounds)
+        rows.append({"batch": B, "image": [C, H, H], "grid": g,
+                     **{f"{k}_ms": v for k, v in r.items()}})
         print(f"| {B} | {C}x{H}x{H} | {g} | {r['ipskit']:.3f} | {r['loop']:.3f} | {r['floor']:.3f} "
               f"| {r['ipskit'] / r['floor']:.2f}x | {r['loop'] / r['ipskit']:.1f}x |", flush=True)
-    build, epoch = bench_sampler()
+    build, epoch = bench_sampler(rounds=3 if args.quick else 7)
     print(f"\nSameClassPairSampler, 50,000 labels / 100 classes: build {build:.1f} ms, "
           f"one epoch of pairs {epoch:.1f} ms")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": str(device), "device_name": name, "torch": torch.__version__,
+                       "rounds": args.rounds, "pr": 0.5, "swap": rows,
+                       "sampler": {"labels": 50_000, "classes": 100, "build_ms": build,
+                                   "epoch_ms": epoch}}, f, indent=1)
 
 
 if __name__ == "__main__":
