@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 
-.PHONY: setup demo test app lab bench browser clean-notebooks
+.PHONY: setup demo test app lab bench browser clean-notebooks gpu-check
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ lab: setup           ## JupyterLab on the tutorial notebooks (Jupyter refuses ro
 bench: setup         ## speed benchmarks whose numbers are in the README
 	$(BIN)/python benchmarks/bench_swap.py
 	$(BIN)/python benchmarks/bench_train.py
+
+# No setup step: the lent GPU machine has its packages but no network, so .venv is used where it
+# exists and $(PYTHON) otherwise. There: make gpu-check ARGS="--tarball cifar10-jpeg.tgz
+# --out /tmp/gpu-check --bundle $OUT" (see the docstring of benchmarks/gpu_check.py).
+gpu-check:           ## CUDA tests, benchmarks and reference runs on a GPU in 8 minutes (ARGS="--tiny": CPU rehearsal)
+	PYTHONPATH=. $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) benchmarks/gpu_check.py $(ARGS)
 
 browser:             ## headless Chromium for the app's browser test (Debian package; needs root)
 	@command -v chromium >/dev/null 2>&1 || { \
