@@ -3,8 +3,10 @@
 Commands:
     ipskit demo                         train ce and ips on digits, print a comparison table
     ipskit train --method ips ...       one run; every TrainConfig field is a flag
-    ipskit sweep --name SWEEP --grid 2 4 --pr 0.25 0.5 --seed 0 1
+    ipskit sweep --name SWEEP --grid 2 4 --pr 0.25 0.5 --seed 0 1 [--jobs 4]
                                         a grid of runs into one tidy, resumable CSV
+    ipskit sweep ... --launcher submitit --launcher-opt slurm_partition=gpu
+                                        the same grid, one Slurm job a run
     ipskit swap-demo --grid 4           save a picture of patch-swapped pairs
     ipskit eval RUN_DIR ...             evaluation (ipskit.evaluate)
     ipskit compare RUN_DIR ...          compare runs (ipskit.evaluate)
@@ -146,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--csv", default=None, help="where to write the table "
                    "(default: OUT_DIR/SWEEP/results.csv)")
     add_config_arguments(s, multi=True, exclude=("name",))
+    r = s.add_argument_group("running the runs")
+    r.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own "
+                   "process (CPU threads split between them; GPUs shared, or spread when "
+                   "several are visible). Default 1")
+    r.add_argument("--launcher", choices=("local", "submitit"), default="local",
+                   help="local (this machine) or submitit (each run a Slurm job; pip install "
+                   "submitit). Default local")
+    r.add_argument("--launcher-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a submitit executor parameter, e.g. slurm_partition=gpu, "
+                   "gpus_per_node=1, timeout_min=120, cluster=local (repeat the flag)")
     s.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
 
@@ -204,9 +216,17 @@ def _train(ns) -> int:
 def _sweep(ns) -> int:
     from ipskit.sweep import run_sweep
 
-    axes = {k: v for k, v in vars(ns).items()
-            if k not in ("command", "sweep_name", "csv", "progress", "debug")}
-    path = run_sweep(axes, ns.sweep_name, csv_path=ns.csv, progress=ns.progress, epoch_bars=True)
+    run_flags = ("command", "sweep_name", "csv", "progress", "debug", "jobs", "launcher",
+                 "launcher_opt")
+    axes = {k: v for k, v in vars(ns).items() if k not in run_flags}
+    options = {}
+    for item in ns.launcher_opt:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--launcher-opt takes KEY=VALUE, got {item!r}")
+        options[key] = int(value) if value.isdigit() else value
+    path = run_sweep(axes, ns.sweep_name, csv_path=ns.csv, progress=ns.progress, epoch_bars=True,
+                     jobs=ns.jobs, launcher=ns.launcher, launcher_options=options)
     print(f"sweep table -> {path}")
     return 0
 

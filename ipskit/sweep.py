@@ -14,19 +14,24 @@ finished runs without loading any data and continues an interrupted one from its
                      "grid-pr")                       # -> runs/grid-pr/results.csv
     run_demo()                                        # ce vs ips on digits, a table
 
-Command line: ``ipskit sweep --name grid-pr --grid 2 4 --pr 0.25 0.5 --seed 0 1``.
+Several runs at once: ``jobs=N`` trains N cells at a time as separate processes on this
+machine (CPU threads split between them, GPUs shared or spread), and ``launcher="submitit"``
+sends every cell to a Slurm cluster as its own job; the table is the same either way.
+
+Command line: ``ipskit sweep --name grid-pr --grid 2 4 --pr 0.25 0.5 --seed 0 1 --jobs 4``.
 """
 from __future__ import annotations
 
 import csv
 import io
 import itertools
+import os
 from pathlib import Path
 from typing import Callable
 
 from tqdm.auto import tqdm
 
-from ipskit.checks import InputError
+from ipskit.checks import InputError, check_choice, check_int
 from ipskit.config import TrainConfig
 from ipskit.registry import swaps_patches
 from ipskit.runs import atomic_write_text
@@ -89,8 +94,70 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+LAUNCHERS = ("local", "submitit")
+
+
+def _train_cell(cfg: TrainConfig, progress: bool = False) -> dict:
+    """One sweep cell: train (or resume, or reuse a finished run); what a job runs."""
+    return fit(cfg, resume=True, progress=progress, verbose=False)
+
+
+def _init_worker(threads: int) -> None:
+    """A local worker process: its share of the CPU threads (jobs x threads <= cores)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _placed(cfg: TrainConfig, job: int) -> TrainConfig:
+    """Spread jobs over the visible GPUs: job k gets cuda:(k mod n) when several are there."""
+    import torch
+
+    if cfg.device in ("auto", "cuda") and torch.cuda.device_count() > 1:
+        return cfg.replace(device=f"cuda:{job % torch.cuda.device_count()}")
+    return cfg
+
+
+def _submit(todo, jobs: int, launcher: str, launcher_options: dict, folder: Path, progress: bool):
+    """Submit ``todo`` ((index, cfg) pairs); yield (index, summary or exception) as jobs end."""
+    if launcher == "submitit":
+        import submitit
+
+        opts = dict(launcher_options)
+        executor = submitit.AutoExecutor(folder=folder / ".submitit", cluster=opts.pop("cluster", None))
+        executor.update_parameters(**opts)
+        with executor.batch():
+            handles = [(i, executor.submit(_train_cell, cfg)) for i, cfg in todo]
+        for i, job in handles:
+            try:
+                yield i, job.result()
+            except Exception as e:  # the job's own exception, or submitit's report of it
+                yield i, e
+        return
+    if jobs == 1:
+        for i, cfg in todo:
+            try:
+                yield i, _train_cell(cfg, progress)
+            except FloatingPointError as e:  # a diverged run: recorded, the sweep goes on
+                yield i, e
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(_train_cell, _placed(cfg, k)): i for k, (i, cfg) in enumerate(todo)}
+        for f in as_completed(futures):
+            try:
+                yield futures[f], f.result()
+            except Exception as e:
+                yield futures[f], e
+
+
 def run_sweep(values: dict[str, list], sweep_name: str, csv_path: str | Path | None = None,
-              progress: bool = True, epoch_bars: bool = False) -> Path:
+              progress: bool = True, epoch_bars: bool = False, jobs: int = 1,
+              launcher: str = "local", launcher_options: dict | None = None) -> Path:
     """Train every cell of a grid (skipping finished ones) and write one tidy CSV.
 
     Args:
@@ -99,23 +166,58 @@ def run_sweep(values: dict[str, list], sweep_name: str, csv_path: str | Path | N
         csv_path: where to write the table (default ``out_dir/sweep_name/results.csv``).
         progress: a bar over the cells (and one printed line per finished run).
         epoch_bars: also a bar per epoch of each run (the command line's default; off by
-            default because a notebook would keep every one of them in its saved outputs).
+            default because a notebook would keep every one of them in its saved outputs;
+            always off with several jobs, whose bars would interleave).
+        jobs: runs trained at once by the ``local`` launcher, each in its own process
+            (``spawn``), with ``cores // jobs`` CPU threads each and, on a machine with several
+            GPUs, spread over them (several jobs may share one GPU: small runs leave it idle
+            much of the time).
+        launcher: ``local`` (this machine) or ``submitit``: every cell is a job of a Slurm
+            cluster through submitit (``pip install submitit``), or of its local executor with
+            ``launcher_options={"cluster": "local"}``.
+        launcher_options: ``submitit`` executor parameters, e.g. ``{"slurm_partition": "gpu",
+            "gpus_per_node": 1, "timeout_min": 120}``.
     Returns:
-        Path of the CSV, rewritten (atomically) after every cell.
+        Path of the CSV. It is rewritten atomically whenever a run ends, in the order of the
+        cells, so a sweep killed at any point leaves a valid table of the runs done; running
+        the same sweep again trains only what is missing.
+    Raises:
+        RuntimeError after the table is written, if any run failed (each is named).
     """
     if not sweep_name or sweep_name.startswith("/") or ".." in sweep_name.split("/"):
         raise InputError(f"sweep name {sweep_name!r} must be a relative folder name")
+    jobs = check_int("jobs", jobs, minimum=1)
+    check_choice("launcher", launcher, LAUNCHERS)
     cells = sweep_cells(values, sweep_name)  # every cell validated before anything runs
     out_dir = cells[0][1].out_dir
     path = Path(csv_path) if csv_path else Path(out_dir) / sweep_name / "results.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for point, cfg in tqdm(cells, desc=f"sweep {sweep_name}", disable=not progress):
-        summary = fit(cfg, resume=True, progress=progress and epoch_bars, verbose=False)
-        rows.append(_row(point, cfg, summary))
-        _write_csv(path, rows)
-        tqdm.write(f"{cfg.run_name}: test {100 * summary['test_acc']:.2f}%  "
-                   f"ece {summary['ece']:.4f}")
+    rows: dict[int, dict] = {}
+    failed = []
+    todo = list(enumerate(cfg for _, cfg in cells))
+    bar = tqdm(total=len(cells), desc=f"sweep {sweep_name}", disable=not progress)
+    if jobs > 1 or launcher != "local":
+        tqdm.write(f"sweep {sweep_name}: {len(cells)} runs, "
+                   + (f"{jobs} at once" if launcher == "local" else f"as {launcher} jobs"))
+    for i, result in _submit(todo, jobs, launcher, launcher_options or {}, path.parent,
+                             progress and epoch_bars and jobs == 1 and launcher == "local"):
+        point, cfg = cells[i]
+        if isinstance(result, BaseException):
+            line = str(result).strip().splitlines()[0] if str(result).strip() else type(result).__name__
+            failed.append(f"{cfg.run_name}: {line}")
+            summary = {"status": "failed", "run_dir": str(Path(cfg.out_dir) / cfg.run_name)}
+            tqdm.write(f"[{len(rows) + 1}/{len(cells)}] {cfg.run_name}: FAILED: {line}")
+        else:
+            summary = result
+            tqdm.write(f"[{len(rows) + 1}/{len(cells)}] {cfg.run_name}: test "
+                       f"{100 * summary['test_acc']:.2f}%  ece {summary['ece']:.4f}")
+        rows[i] = _row(point, cfg, summary)
+        _write_csv(path, [rows[k] for k in sorted(rows)])
+        bar.update(1)
+    bar.close()
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(cells)} runs failed (the table has the others): "
+                           + "; ".join(failed))
     return path
 
 

@@ -1,5 +1,6 @@
 """Tests for ipskit.sweep: one tidy CSV, resumable without recomputation, and the demo."""
 import csv
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,63 @@ def test_method_table_refuses_a_folder_without_finished_runs(tmp_path):
 
     with pytest.raises(ValueError, match="no finished runs under"):
         method_table(tmp_path)
+
+
+SMALL = dict(model=["smallcnn"], image_size=[8], epochs=[1], batch_size=[32],
+             max_train_samples=[200], method=["ips"], grid=[2], seed=[0, 1], pr=[0.0, 0.5])
+
+
+def _table(path):
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    return df[["method", "seed", "pr", "status", "run_dir"]].to_dict("records"), df
+
+
+def test_jobs_train_runs_at_once_into_the_same_table(tmp_path):
+    """--jobs 2: the same rows in the same (cell) order as one at a time, every run finished."""
+    one = run_sweep({**SMALL, "out_dir": [str(tmp_path / "a")]}, "s", progress=False)
+    two = run_sweep({**SMALL, "out_dir": [str(tmp_path / "b")]}, "s", progress=False, jobs=2)
+    rows_one, _ = _table(one)
+    rows_two, df = _table(two)
+    assert len(rows_two) == 4 and (df["status"] == "finished").all()
+    strip = [{**r, "run_dir": r["run_dir"].replace(str(tmp_path / "b"), "X")} for r in rows_two]
+    assert strip == [{**r, "run_dir": r["run_dir"].replace(str(tmp_path / "a"), "X")} for r in rows_one]
+
+
+def test_a_failed_run_is_a_row_and_the_sweep_goes_on(tmp_path):
+    """A diverging run (lr 1e6) is recorded as failed; the others finish, the table is intact,
+    and running the sweep again retrains only what is missing."""
+    values = {**SMALL, "pr": [0.5], "lr": [0.05, 1e6], "out_dir": [str(tmp_path)]}
+    with pytest.raises(RuntimeError, match=r"2 of 4 runs failed .*lr=1000000.0.*non-finite loss"):
+        run_sweep(values, "f", progress=False, jobs=2)
+    rows, df = _table(tmp_path / "f" / "results.csv")
+    assert list(df["status"]) == ["finished", "failed", "finished", "failed"]  # cell order
+    finished = {r["run_dir"] for r in rows if r["status"] == "finished"}
+    stamps = {d: (Path(d) / "summary.json").stat().st_mtime_ns for d in finished}
+    with pytest.raises(RuntimeError):
+        run_sweep(values, "f", progress=False)
+    assert {d: (Path(d) / "summary.json").stat().st_mtime_ns for d in finished} == stamps
+
+
+def test_submitit_launcher_with_its_local_executor(tmp_path):
+    pytest.importorskip("submitit")
+    values = {**SMALL, "seed": [0], "out_dir": [str(tmp_path)]}
+    path = run_sweep(values, "slurm", progress=False, launcher="submitit",
+                     launcher_options={"cluster": "local", "timeout_min": 10})
+    rows, df = _table(path)
+    assert len(rows) == 2 and (df["status"] == "finished").all()
+    assert (tmp_path / "slurm" / ".submitit").is_dir()  # the jobs' logs
+
+
+def test_sweep_cli_jobs_and_launcher_flags(tmp_path, capsys):
+    from ipskit.cli import main
+
+    argv = ["sweep", "--name", "c", "--out-dir", str(tmp_path), "--model", "smallcnn",
+            "--image-size", "8", "--epochs", "1", "--max-train-samples", "200", "--method", "ce",
+            "--seed", "0", "1", "--no-progress"]
+    assert main(argv + ["--jobs", "2"]) == 0
+    assert "2 runs, 2 at once" in capsys.readouterr().out
+    assert main(argv + ["--launcher-opt", "oops"]) == 2
+    assert "--launcher-opt takes KEY=VALUE" in capsys.readouterr().err
+    assert main(argv + ["--jobs", "0"]) == 2
