@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 
-.PHONY: setup demo test app lab bench browser clean-notebooks gpu-check
+.PHONY: setup demo test app lab bench browser clean-notebooks gpu-check natural-pair
 
 setup: $(STAMP)
 
@@ -25,6 +25,9 @@ app: setup           ## the Streamlit explorer on http://localhost:8501
 
 lab: setup           ## JupyterLab on the tutorial notebooks (Jupyter refuses root unless told)
 	$(BIN)/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+natural-pair: setup  ## train, evaluate and export the CE / IPS pair in results/ (needs data/cifar10; ~1 h on a CPU)
+	$(BIN)/python scripts/natural_pair.py
 
 bench: setup         ## speed benchmarks whose numbers are in the README
 	$(BIN)/python benchmarks/bench_swap.py
