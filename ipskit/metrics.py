@@ -31,6 +31,7 @@ Conventions (pinned by tests):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,11 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "confidence_verdict",
+    "seed_verdict",
+    "CLEAR_TEACHER_MARGIN",
+    "teacher_side",
+    "LopsidedPair",
+    "most_lopsided_pair",
     "predict",
     "accuracy",
     "nll",
@@ -411,3 +417,141 @@ def confidence_verdict(mean_max_prob: float, accuracy: float, tolerance: float =
     if gap < -tolerance:
         return "under-confident"
     return "calibrated"
+
+
+def seed_verdict(gaps, tolerance: float = 0.02) -> dict:
+    """:func:`confidence_verdict` for one setting trained with one or several seeds.
+
+    One run cannot tell a setting's calibration from seed noise; several seeds can. The
+    verdict over- / under-confident holds only when the mean gap lies beyond ``tolerance`` by
+    more than two standard errors over seeds; "calibrated" only when it lies inside by as
+    much; otherwise "unclear". With one seed the verdict is :func:`confidence_verdict`'s on
+    that run (``sd`` is None: say so when quoting it).
+
+    Args:
+        gaps: ``mean_max_prob - accuracy`` of each seed's run (one float per seed).
+        tolerance: gaps within ``+-tolerance`` count as calibrated.
+    Returns:
+        dict: ``verdict`` ("over-confident", "under-confident", "calibrated" or "unclear"),
+        ``mean`` gap, ``sd`` over seeds (None for one seed), ``n`` seeds.
+    """
+    gaps = [float(g) for g in gaps]
+    if not gaps or not all(math.isfinite(g) for g in gaps):
+        raise ValueError(f"gaps must be one or more finite numbers, got {gaps}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    n, mean = len(gaps), sum(gaps) / len(gaps)
+    if n == 1:
+        return {"verdict": confidence_verdict(mean, 0.0, tolerance), "mean": mean, "sd": None, "n": 1}
+    sd = math.sqrt(sum((g - mean) ** 2 for g in gaps) / (n - 1))
+    se2 = 2 * sd / math.sqrt(n)
+    if mean - se2 > tolerance:
+        verdict = "over-confident"
+    elif mean + se2 < -tolerance:
+        verdict = "under-confident"
+    elif abs(mean) + se2 <= tolerance:
+        verdict = "calibrated"
+    else:
+        verdict = "unclear"
+    return {"verdict": verdict, "mean": mean, "sd": sd, "n": n}
+
+
+# ----- which side of a swapped pair teaches ---------------------------------------------------
+# Two sides whose p(true class) differ by less than this have no clear teacher: on the shipped
+# CIFAR-10 ResNet-8 pair (results/cifar10-resnet8-cpu, its 300 test images) a one-pixel shift
+# of an image alone moves p(true class) by 0.03 (IPS) to 0.05 (CE) on average, so a smaller
+# difference says nothing about which side kept the telling parts.
+CLEAR_TEACHER_MARGIN = 0.05
+
+
+def teacher_side(p_a: float, p_b: float, margin: float = CLEAR_TEACHER_MARGIN) -> str | None:
+    """The side more confident on the true class ("a" or "b"), or None within ``margin``.
+
+    ``ipskit.losses.pair_teacher`` always names a side (``p_a >= p_b``), as training does; this
+    is for telling a person which side teaches, where a 0.993 vs 0.994 tie is no teacher.
+
+    Args:
+        p_a, p_b: p(true class) of the two sides, in [0, 1].
+        margin: differences below this (not above it) name no side.
+    Returns:
+        "a", "b" or None.
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if abs(float(p_a) - float(p_b)) < margin:
+        return None
+    return "a" if p_a > p_b else "b"
+
+
+@dataclass(frozen=True)
+class LopsidedPair:
+    """The pair :func:`most_lopsided_pair` found.
+
+    Attributes:
+        index_a, index_b: positions of the two images in the images searched.
+        decision: the ``ipskit.swap.SwapDecision`` drawn for this pair (one pair).
+        p_a, p_b: p(true class) of each side after its swap.
+        gaps: ``|p_a - p_b|`` of every pair searched, float ``[n_pairs]``.
+    """
+
+    index_a: int
+    index_b: int
+    decision: object
+    p_a: float
+    p_b: float
+    gaps: torch.Tensor
+
+
+@torch.no_grad()
+def most_lopsided_pair(model: torch.nn.Module, x: torch.Tensor, label: int, grid: int,
+                       pr: float = 0.5, generator: torch.Generator | None = None,
+                       n_pairs: int = 64, batch_size: int = 256) -> LopsidedPair:
+    """Among random pairs of one class, the one whose sides differ most after a patch swap.
+
+    A clear teacher / student example of IPS on demand: ``n_pairs`` pairs of distinct images
+    are drawn, each gets its own swap (``ipskit.swap.draw_swap`` with ``grid`` and ``pr``),
+    and the model scores both sides; the pair with the largest ``|p_a - p_b|`` on ``label``
+    wins (the first such pair on ties). Everything random comes from ``generator``.
+
+    Args:
+        model: classifier taking float images in [0, 1] (left in the mode it was in).
+        x: images of one class ``[N, C, H, W]`` in [0, 1], N >= 2.
+        label: their class id.
+        grid: cells per side g of the swap; pr: swap probability per pair, in [0, 1].
+        generator: source of the pairs and swaps.
+        n_pairs: pairs to search (>= 1); batch_size: images per forward pass.
+    Returns:
+        :class:`LopsidedPair`.
+    """
+    from ipskit.swap import SwapDecision, apply_swap, draw_swap  # lazy: metrics stays light
+
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] < 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be at least two images of one class [N >= 2, C, H, W], got {shape}")
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 1:
+        raise ValueError(f"n_pairs must be an int >= 1, got {n_pairs!r}")
+    k = getattr(model, "num_classes", None)
+    if isinstance(label, bool) or not isinstance(label, int) or label < 0 or (k is not None and label >= k):
+        raise ValueError(f"label must be a class id in [0, {k - 1 if k else 'K-1'}], got {label!r}")
+    n = x.shape[0]
+    # 1. Pairs of distinct images: b is a, moved on by 1..N-1 places.
+    idx_a = torch.randint(0, n, (n_pairs,), generator=generator)
+    idx_b = (idx_a + torch.randint(1, n, (n_pairs,), generator=generator)) % n
+    # 2. A swap per pair, then apply it.
+    decision = draw_swap(n_pairs, grid, pr, generator=generator)
+    out_a, out_b = apply_swap(x[idx_a], x[idx_b], decision)
+    # 3. Score both sides on the true class.
+    was_training = model.training
+    model.eval()
+    try:
+        both = torch.cat([out_a, out_b])  # [2 * n_pairs, C, H, W]
+        logits = torch.cat([model(both[s:s + batch_size]) for s in range(0, len(both), batch_size)])
+    finally:
+        model.train(was_training)
+    p = logits.float().softmax(dim=1)[:, label]
+    p_a, p_b = p[:n_pairs], p[n_pairs:]
+    gaps = (p_a - p_b).abs()
+    best = int(gaps.argmax())
+    one = SwapDecision(decision.swapped[best:best + 1], decision.cells[best:best + 1], decision.grid)
+    return LopsidedPair(int(idx_a[best]), int(idx_b[best]), one, float(p_a[best]), float(p_b[best]),
+                        gaps)

@@ -220,3 +220,73 @@ def test_confidence_verdict(conf, acc, verdict):
     assert M.confidence_verdict(conf, acc, tolerance=0.02) == verdict
     with pytest.raises(ValueError, match="tolerance must be >= 0"):
         M.confidence_verdict(conf, acc, tolerance=-0.1)
+
+
+@pytest.mark.parametrize("gaps, verdict", [
+    ([0.05], "over-confident"),                # one seed: confidence_verdict of that run
+    ([0.05, 0.06, 0.055], "over-confident"),   # far beyond the tolerance, small spread
+    ([-0.06, -0.05], "under-confident"),
+    ([0.001, -0.002, 0.0], "calibrated"),
+    ([0.05, -0.01], "unclear"),                # the seeds disagree
+])
+def test_seed_verdict(gaps, verdict):
+    out = M.seed_verdict(gaps, tolerance=0.02)
+    assert out["verdict"] == verdict and out["n"] == len(gaps)
+    assert out["mean"] == pytest.approx(np.mean(gaps))
+    assert out["sd"] == (None if len(gaps) == 1 else pytest.approx(np.std(gaps, ddof=1)))
+    with pytest.raises(ValueError, match="one or more finite numbers"):
+        M.seed_verdict([])
+
+
+def test_teacher_side_names_no_teacher_within_the_margin():
+    assert M.teacher_side(0.9, 0.4) == "a" and M.teacher_side(0.4, 0.9) == "b"
+    assert M.teacher_side(0.993, 0.994) is None  # a tie is no teacher
+    assert M.teacher_side(0.5, 0.5 + M.CLEAR_TEACHER_MARGIN / 2) is None
+    assert M.teacher_side(0.5, 0.6, margin=0.05) == "b"
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        M.teacher_side(0.5, 0.6, margin=-1)
+
+
+class _Bright(torch.nn.Module):
+    """p(class 1) grows with the mean brightness of the left half: a model with a known answer."""
+    num_classes = 2
+
+    def forward(self, x):
+        s = x[:, :, :, : x.shape[-1] // 2].mean(dim=(1, 2, 3)) * 20 - 10
+        return torch.stack([-s, s], dim=1)
+
+
+def test_most_lopsided_pair_matches_a_naive_search():
+    from ipskit.swap import apply_swap, draw_swap
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(10, 1, 8, 8, generator=g)
+    model = _Bright()
+    out = M.most_lopsided_pair(model, x, 1, grid=4, pr=0.5, generator=torch.Generator().manual_seed(3),
+                               n_pairs=16, batch_size=5)
+    # independent: replay the same draws and score pair by pair
+    g = torch.Generator().manual_seed(3)
+    ia = torch.randint(0, 10, (16,), generator=g)
+    ib = (ia + torch.randint(1, 10, (16,), generator=g)) % 10
+    d = draw_swap(16, 4, 0.5, generator=g)
+    gaps = []
+    for t in range(16):
+        a, b = apply_swap(x[ia[t]][None], x[ib[t]][None], type(d)(d.swapped[t:t + 1], d.cells[t:t + 1], 4))
+        p = model(torch.cat([a, b])).softmax(1)[:, 1]
+        gaps.append(float((p[0] - p[1]).abs()))
+    best = int(np.argmax(gaps))
+    assert (out.index_a, out.index_b) == (int(ia[best]), int(ib[best])) and out.index_a != out.index_b
+    assert torch.equal(out.decision.cells[0], d.cells[best]) and len(out.decision) == 1
+    assert abs(out.p_a - out.p_b) == pytest.approx(max(gaps), abs=1e-6)
+    assert out.gaps.tolist() == pytest.approx(gaps, abs=1e-6)
+    assert (ia != ib).all()  # every pair joins two different images
+
+
+def test_most_lopsided_pair_bad_input():
+    model, x = _Bright(), torch.rand(4, 1, 8, 8)
+    with pytest.raises(ValueError, match="at least two images"):
+        M.most_lopsided_pair(model, x[:1], 0, grid=2)
+    with pytest.raises(ValueError, match=r"label must be a class id in \[0, 1\]"):
+        M.most_lopsided_pair(model, x, 2, grid=2)
+    with pytest.raises(ValueError, match="n_pairs must be an int >= 1"):
+        M.most_lopsided_pair(model, x, 0, grid=2, n_pairs=0)
