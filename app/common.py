@@ -47,6 +47,12 @@ MAX_EVAL_SAMPLES = 2000  # test images per run the pages predict on (keeps CIFAR
 MODEL_LOCK = threading.Lock()
 # One demo training per server process, whichever tab asked for it.
 DEMO_LOCK = threading.Lock()
+# One sweep started from the Ablation page per server process.
+SWEEP_LOCK = threading.Lock()
+# Figures are shown at most this many screen pixels per inch of figure (ipskit.plots sizes its
+# text in points for that: 12 pt is ~17 px), and saved at twice that for slides.
+FIGURE_PX_PER_INCH = 100
+FIGURE_DPI = 200
 
 
 # ------------------------------------------------------------------------------------ pages
@@ -71,6 +77,33 @@ def guard(body: Callable[[], None]) -> None:
         st.error(f"This page hit an unexpected problem: {one_line(e)} "
                  f"({type(e).__name__} at {Path(where.filename).name}:{where.lineno}). "
                  f"The other pages keep working.")
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes at ``FIGURE_DPI`` (tight bounding box)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=FIGURE_DPI, bbox_inches="tight", facecolor="white")
+    return buf.getvalue()
+
+
+def download_png(fig, name: str, png: bytes | None = None) -> None:
+    """A "Download PNG" button for a figure (for slides); ``name`` names the file and keys the
+    button, so it must be unique on the page."""
+    st.download_button("Download PNG", png if png is not None else figure_png(fig),
+                       file_name=f"{name}.png", mime="image/png", key=f"png_{name}",
+                       on_click="ignore", icon=":material/download:")
+
+
+def figure(fig, name: str) -> None:
+    """Show a matplotlib figure (from ``ipskit.plots``) at a legible size, ``FIGURE_PX_PER_INCH``
+    pixels per inch at most (a narrower column shrinks it), with a "Download PNG" button under
+    it that saves exactly what is shown."""
+    png = figure_png(fig)
+    width_px = int.from_bytes(png[16:20], "big")  # the PNG header's width field
+    st.image(png, width=max(1, width_px * FIGURE_PX_PER_INCH // FIGURE_DPI))
+    download_png(fig, name, png)
 
 
 def one_line(e: BaseException) -> str:

@@ -128,6 +128,7 @@ def test_swap_playground_pr_zero_never_swaps(app):
 
 def test_swap_playground_teacher_and_probabilities_match_the_model(app, runs_root):
     from ipskit.data import load_dataset
+    from ipskit.metrics import teacher_side
     from ipskit.runs import load_model
     from ipskit.swap import apply_swap, draw_swap
 
@@ -148,7 +149,8 @@ def test_swap_playground_teacher_and_probabilities_match_the_model(app, runs_roo
         p = model(torch.cat([out_a, out_b])).softmax(1)[:, 3]
     assert metrics["p(true class) a after swap"] == f"{float(p[0]):.3f}"
     assert metrics["p(true class) b after swap"] == f"{float(p[1]):.3f}"
-    assert metrics["teacher"] == ("a after swap" if p[0] >= p[1] else "b after swap")
+    side = teacher_side(float(p[0]), float(p[1]))  # no teacher within CLEAR_TEACHER_MARGIN
+    assert metrics["teacher"] == (f"{side} after swap" if side else "no clear teacher")
     assert any(k.startswith("KD term (T = 4)") for k in metrics)
     # random pair, and a class change, keep the page working
     at.button(key="swap_random").click().run()
@@ -158,6 +160,89 @@ def test_swap_playground_teacher_and_probabilities_match_the_model(app, runs_roo
     at.selectbox(key="swap_run").set_value("").run()
     assert_clean(at, "Swap playground")
     assert not at.metric and "Pick a trained run" in texts(at)
+
+
+def test_swap_playground_most_lopsided_pair(app, runs_root):
+    """The button picks, under the run's model, the most lopsided of the random pairs of the
+    class (ipskit.metrics.most_lopsided_pair, replayed here), shows the swap drawn for it, and
+    names its teacher; changing a setting goes back to the seeded swap."""
+    from ipskit.data import load_dataset
+    from ipskit.metrics import most_lopsided_pair, teacher_side
+    from ipskit.runs import load_model
+
+    at = app("pages/1_Swap_playground.py")
+    at.selectbox(key="swap_run").set_value("").run()
+    assert at.button(key="swap_lopsided_button").disabled  # needs a model
+    at.selectbox(key="swap_run").set_value("demo/ips").run()
+    at.selectbox(key="swap_class").set_value(2).run()
+    at.slider(key="swap_pr").set_value(1.0).run()
+    at.number_input(key="swap_seed").set_value(5).run()
+    at.button(key="swap_lopsided_button").click().run()
+    assert_clean(at, "Swap playground")
+    # independent: the same search, here
+    model, _ = load_model(runs_root / "demo" / "ips")
+    b = load_dataset("digits")
+    x = b.test_x[b.test_y == 2].float() / 255
+    found = most_lopsided_pair(model, x, 2, 4, 1.0, generator=torch.Generator().manual_seed(5), n_pairs=64)
+    assert (at.number_input(key="swap_ia").value, at.number_input(key="swap_ib").value) == \
+        (found.index_a, found.index_b)
+    expected = ", ".join(f"({r},{c})" for r, c in found.decision.cells[0].nonzero().tolist())
+    assert swapped_cells_caption(at) == f"swapped cells (row, col): {expected}"
+    assert "most lopsided of 64 random pairs" in texts(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["p(true class) a after swap"] == f"{found.p_a:.3f}"
+    side = teacher_side(found.p_a, found.p_b)
+    assert metrics["teacher"] == (f"{side} after swap" if side else "no clear teacher")
+    at.number_input(key="swap_seed").set_value(6).run()  # a setting changed: the seeded swap again
+    assert "most lopsided" not in texts(at)
+
+
+def test_swap_playground_no_swap_says_so(app):
+    at = app("pages/1_Swap_playground.py")
+    at.selectbox(key="swap_run").set_value("demo/ips").run()
+    at.slider(key="swap_pr").set_value(0.0).run()
+    at.checkbox(key="swap_show_mask").check().run()
+    assert_clean(at, "Swap playground")
+    assert "Swap mask: no cells swapped." in texts(at)
+    labels = [m.label for m in at.metric]
+    assert labels[:2] == ["p(true class) a", "p(true class) b"]  # not "after swap"
+
+
+@pytest.fixture
+def pngs(monkeypatch):
+    """Every st.download_button call: file name -> the bytes it offers."""
+    import streamlit
+
+    got: dict[str, bytes] = {}
+    real = streamlit.download_button
+
+    def recording(label, data, file_name=None, *args, **kwargs):
+        got[file_name] = data
+        return real(label, data, file_name, *args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "download_button", recording)
+    return got
+
+
+@pytest.mark.parametrize("page, names", [
+    ("pages/1_Swap_playground.py", {"swap_pair", "swap_probabilities"}),
+    ("pages/2_Logit_smoothing.py", {"confidence_histogram", "entropy_histogram", "reliability",
+                                    "similarity_0", "similarity_1"}),
+    ("pages/3_Grad-CAM.py", {"gradcam_test_images", "gradcam_swapped_pair"}),
+    ("pages/4_Ablation.py", {"ablation"}),
+    ("pages/5_Runs.py", {"curves"}),
+])
+def test_every_figure_has_a_png_download(app, pngs, page, names):
+    at = app(page)
+    assert_clean(at, PAGES[page])
+    assert {f"{n}.png" for n in names} <= set(pngs), sorted(pngs)
+    assert all(b.label == "Download PNG" for b in at.download_button)
+    assert len(at.download_button) == len(pngs)
+    for name, data in pngs.items():
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+        from PIL import Image
+
+        assert min(Image.open(io.BytesIO(data)).size) > 100, name
 
 
 # ----------------------------------------------------------------------------- logit smoothing
@@ -262,6 +347,41 @@ def test_ablation_takes_its_baseline_from_the_sibling_ce_table(app, runs_root):
         shutil.rmtree(base.parent)
 
 
+def test_ablation_offers_a_small_sweep_with_its_command_and_trains_it(app, runs_root, tmp_path):
+    """No sweep table: the page shows the commands and, with a tiny setting, trains the IPS
+    grid x pr sweep and its CE baseline from the button; the heatmap then centres on CE."""
+    import shlex
+
+    from ipskit.cli import build_parser
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "demo" / "ce", root / "demo" / "ce")  # runs, but no sweep
+    at = app("pages/4_Ablation.py", root=root)
+    assert_clean(at, "Ablation")
+    assert "No sweep table" in texts(at)
+    at.multiselect(key="abl_new_grids").set_value([2]).run()
+    at.multiselect(key="abl_new_prs").set_value([0.5, 1.0]).run()
+    at.number_input(key="abl_new_seeds").set_value(1).run()
+    at.number_input(key="abl_new_epochs").set_value(1).run()
+    at.selectbox(key="abl_new_model").set_value("smallcnn").run()
+    assert_clean(at, "Ablation")
+    # two commands, a blank line apart; "\\" + newline continues a line, as in bash
+    commands = [shlex.split(c.replace("\\\n", " ")) for c in at.code[0].value.split("\n\n")]
+    assert [c[:4] for c in commands] == [["ipskit", "sweep", "--name", "grid-pr"],
+                                         ["ipskit", "sweep", "--name", "grid-pr-ce"]]
+    ns = build_parser().parse_args(commands[0][1:])  # the command the CLI takes
+    assert (ns.grid, ns.pr, ns.seed, ns.epochs, ns.model, ns.method) == \
+        ([2], [0.5, 1.0], [0], [1], ["smallcnn"], ["ips"])
+    assert "3 runs of 1 epoch(s)" in texts(at)
+    at.button(key="abl_train_sweep").click().run(timeout=300)
+    assert_clean(at, "Ablation")
+    assert (root / "grid-pr" / "results.csv").is_file() and (root / "grid-pr-ce" / "results.csv").is_file()
+    assert len(at.get("vega_lite_chart")) == 1
+    assert at.selectbox(key="abl_base").value == root / "grid-pr-ce" / "results.csv"
+    assert "Baseline ce" in texts(at).replace("**", "")
+    assert sorted(at.selectbox(key="abl_cell").options) == ["grid 2, pr 0.5", "grid 2, pr 1"]
+
+
 # ----------------------------------------------------------------------------- runs
 def test_runs_page_selection_paths_and_links(app, runs_root, tmp_path):
     at = app("pages/5_Runs.py")
@@ -308,6 +428,40 @@ def test_runs_page_computes_the_missing_evaluation_and_shows_it(app, runs_root, 
     table = next(d.value for d in at.dataframe if "split" in d.value.columns)
     assert list(table["split"]) == ["test", "heldout", "heldout_scaled"]
     assert table["ece"].iloc[0] == pytest.approx(stored["calibration"]["result"]["test"]["ece"])
+
+
+def test_runs_page_evaluates_a_run_without_eval_json_and_names_the_corruption_count(app, runs_root, tmp_path):
+    """A run fresh from training (as after ``make demo``): the Evaluation tab offers every kind,
+    the help counts ipskit's corruptions, and the default choice is computed with a bar."""
+    import json
+
+    from ipskit.evaluate import DEFAULT_WHAT
+    from ipskit.robustness import CORRUPTIONS
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "demo" / "ips", root / "demo" / "ips")
+    (root / "demo" / "ips" / "eval.json").unlink(missing_ok=True)
+    at = app("pages/5_Runs.py", root=root)
+    assert_clean(at, "Runs")
+    kinds = at.multiselect(key="runs_eval_kinds")
+    assert kinds.options == [kinds.format_func(k) for k in DEFAULT_WHAT]
+    assert f"{len(CORRUPTIONS)} corruptions" in kinds.help and "15 corruptions" not in kinds.help
+    assert kinds.value == [k for k in DEFAULT_WHAT if k != "corruptions"]
+    at.multiselect(key="runs_eval_kinds").set_value(["calibration", "fgsm"]).run()
+    at.button(key="runs_eval").click().run()
+    assert_clean(at, "Runs")
+    assert sorted(json.loads((root / "demo" / "ips" / "eval.json").read_text())) == ["calibration", "fgsm"]
+
+
+def test_runs_page_does_not_offer_to_evaluate_shipped_or_weightless_runs(app, tmp_path):
+    at = app("pages/5_Runs.py", root=tmp_path / "none", results=REPO / "results")
+    assert_clean(at, "Runs")
+    names = at.selectbox(key="runs_pick").options
+    weightless = next(n for n in names if "resnet18-h200" in n)
+    for name in (f"{SHIPPED}/ce", weightless):
+        at.selectbox(key="runs_pick").set_value(name).run()
+        assert_clean(at, "Runs")
+        assert not [b for b in at.button if b.key == "runs_eval"], name
 
 
 # ----------------------------------------------------------------------------- bad runs
