@@ -3,7 +3,8 @@
 The CIFAR recipe (He et al. 2016, kept by CS-KD, PS-KD and the IPS CIFAR experiments of Choi
 et al. 2025): pad by p pixels, crop back to H x W at a random offset, and flip natural images
 left-right with probability 1/2. ipskit applies it to a whole batch at once, on the batch's
-device, with a ``torch.Generator``: no loop over images, no host-device sync. The random
+device, with a ``torch.Generator``: no loop over images, no host-device sync, 9 kernels a batch
+(one gather does crop and flip through index tables cached per size and device). The random
 choices are drawn apart from their application (:func:`draw_augment`, :func:`apply_augment`),
 so a test or a figure can replay them.
 
@@ -17,6 +18,7 @@ Usage::
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -73,25 +75,37 @@ def to_float01(x: torch.Tensor) -> torch.Tensor:
     Args:
         x: ``[..., C, H, W]`` uint8 or float.
     """
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+    return x.div(255.0) if x.dtype == torch.uint8 else x  # one kernel: uint8 / float -> float32
 
 
 def draw_augment(batch_size: int, spec: AugmentSpec, generator: Optional[torch.Generator] = None,
                  device: torch.device | str | None = None) -> AugmentParams:
     """Draw crop offsets and flips for a batch (on the generator's device, then moved to ``device``)."""
     gen_device = generator.device if generator is not None else device
-    hi = 2 * spec.crop_padding + 1
-    oy = torch.randint(0, hi, (batch_size,), generator=generator, device=gen_device)
-    ox = torch.randint(0, hi, (batch_size,), generator=generator, device=gen_device)
+    # Both offsets in one draw, row 0 then row 1: on the CPU the same numbers as two draws.
+    offsets = torch.randint(0, 2 * spec.crop_padding + 1, (2, batch_size), generator=generator,
+                            device=gen_device)  # (2, B)
     if spec.flip:
         flip = torch.rand(batch_size, generator=generator, device=gen_device) < 0.5
     else:
         flip = torch.zeros(batch_size, dtype=torch.bool, device=gen_device)
-    return AugmentParams(oy.to(device), ox.to(device), flip.to(device))
+    return AugmentParams(offsets[0].to(device), offsets[1].to(device), flip.to(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _source_index(height: int, width: int, padding: int, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """long [1, 1, H*W] twice: where output pixel (i, j) is read in the padded image, flattened,
+    for offsets (0, 0): ``i * (W + 2p) + j``, and the same with j mirrored (``W - 1 - j``).
+    Built once per size and device, so a batch only adds its offsets."""
+    with torch.inference_mode(False):  # usable outside inference mode even if built inside it
+        rows = torch.arange(height, device=device)[:, None] * (width + 2 * padding)  # [H, 1]
+        cols = torch.arange(width, device=device)  # [W]
+        return (rows + cols).view(1, 1, -1), (rows + (width - 1 - cols)).view(1, 1, -1)
 
 
 def apply_augment(x: torch.Tensor, params: AugmentParams, spec: AugmentSpec) -> torch.Tensor:
-    """Apply drawn crops and flips to a batch, vectorised (two gathers, no loop over the batch).
+    """Apply drawn crops and flips to a batch, vectorised (one gather, no loop over the batch).
 
     Output pixel ``(i, j)`` of image ``b`` is padded pixel ``(oy_b + i, ox_b + j)`` of the input,
     with ``j`` mirrored (``W - 1 - j``) when ``flip_b``; offsets ``(p, p)`` leave the image intact.
@@ -106,18 +120,19 @@ def apply_augment(x: torch.Tensor, params: AugmentParams, spec: AugmentSpec) -> 
     """
     if x.dim() != 4:
         raise InputError(f"augmentation expects a batch [B, C, H, W], got shape {tuple(x.shape)}")
-    x = to_float01(x)
     b, c, h, w = x.shape
-    p = spec.crop_padding
+    p, dev = spec.crop_padding, x.device
+    # 1. Pad (uint8 stays uint8 until the end: a quarter of the bytes to move).
     if p > 0:
-        mode = _PADDING_MODES[spec.padding_mode]
-        x = F.pad(x, (p, p, p, p), mode=mode)  # [B, C, H + 2p, W + 2p]
-    dev = x.device
-    rows = params.offset_y.to(dev)[:, None] + torch.arange(h, device=dev)  # [B, H]
-    cols = torch.arange(w, device=dev).expand(b, w)
-    cols = torch.where(params.flip.to(dev)[:, None], w - 1 - cols, cols) + params.offset_x.to(dev)[:, None]  # [B, W]
-    x = x.gather(2, rows[:, None, :, None].expand(b, c, h, x.shape[3]))  # [B, C, H, W + 2p]
-    return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))  # [B, C, H, W]
+        x = F.pad(x, (p, p, p, p), mode=_PADDING_MODES[spec.padding_mode])  # [B, C, H + 2p, W + 2p]
+    # 2. Flat source index of every output pixel: the straight or mirrored table of the crop,
+    #    plus the crop's start oy * (W + 2p) + ox.
+    straight, mirrored = _source_index(h, w, p, dev)
+    start = torch.add(params.offset_x.to(dev), params.offset_y.to(dev), alpha=w + 2 * p)  # [B]
+    index = torch.where(params.flip.to(dev).view(b, 1, 1), mirrored, straight) + start.view(b, 1, 1)
+    # 3. One gather for crop and flip together, then to float.
+    x = x.reshape(b, c, -1).gather(2, index.expand(b, c, h * w))  # [B, C, H*W]
+    return to_float01(x.view(b, c, h, w))  # [B, C, H, W]
 
 
 def augment_batch(x: torch.Tensor, spec: Optional[AugmentSpec], generator: Optional[torch.Generator] = None) -> torch.Tensor:
