@@ -6,7 +6,8 @@ Methods compared in the IPS paper (Choi et al., Neurocomputing 2025) and its pee
 - ``label_smoothing``: cross-entropy against smoothed targets (Szegedy et al., CVPR 2016).
 - ``cutout``: a square of each image is blanked (DeVries & Taylor, arXiv 1708.04552).
 - ``cutmix`` / ``mixup``: images and labels mixed with a rolled copy of the batch (Yun et al.,
-  ICCV 2019; Zhang et al., ICLR 2018), through ``torchvision.transforms.v2.CutMix`` / ``MixUp``.
+  ICCV 2019; Zhang et al., ICLR 2018), drawn as ``torchvision.transforms.v2.CutMix`` / ``MixUp``
+  draw them and applied on the device (``TorchvisionMix``).
 - ``cskd``: class-wise self-KD (Yun et al., CVPR 2020): CE on an anchor plus
   ``T^2 * lambda * KL(p_partner || p_anchor)`` at temperature T, the partner (another image of
   the same class) forwarded without gradient.
@@ -28,12 +29,13 @@ method has the same interface:
     out.loss.backward()                            # out.ce, out.kd: detached parts for logging
     acc = (out.logits.argmax(1) == out.targets).float().mean()
 
-Randomness is drawn from ``generator`` (torchvision's mixers use the global RNG, so they run
-inside ``torch.random.fork_rng`` seeded from ``generator``): a step is a pure function of
-(model, batch, generator state).
+Randomness is drawn from ``generator``, on its device, never from the global RNG: a step is a
+pure function of (model, batch, generator state). The mixers, like the swap, draw and apply
+without a host-device sync.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -48,7 +50,7 @@ from ipskit.registry import MethodSpec, method_spec
 from ipskit.swap import PatchSwap, _apply_swap, _draw_swap
 
 __all__ = ["StepOutput", "Method", "CrossEntropy", "Mixed", "CSKD", "IPS", "Mixer", "TorchvisionMix",
-           "CutMixer", "Cutout", "draw_cutout", "apply_cutout", "build_mixer", "build_method"]
+           "MixParams", "CutMixer", "Cutout", "draw_cutout", "apply_cutout", "build_mixer", "build_method"]
 
 
 @dataclass
@@ -88,12 +90,60 @@ class Mixer:
         raise NotImplementedError
 
 
-def _seed_from(generator: torch.Generator) -> int:
-    return int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+@functools.lru_cache(maxsize=128)
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small constant tensor made once per device: a mixer's hot path only reads it."""
+    with torch.inference_mode(False):  # usable outside inference mode even if built inside it
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _box_table(height: int, width: int, device: torch.device) -> Tensor:
+    """long [1, 4, H, W]: (i, j, -(i + 1), -(j + 1)) at pixel (i, j). Pixel (i, j) is inside the
+    box (y1, x1, y2, x2) iff all four are >= (y1, x1, -y2, -x2): one compare and one all() give
+    the masks of a whole batch of boxes."""
+    with torch.inference_mode(False):
+        i = torch.arange(height, device=device)[:, None].expand(height, width)
+        j = torch.arange(width, device=device)[None, :].expand(height, width)
+        return torch.stack([i, j, -(i + 1), -(j + 1)])[None]  # (1, 4, H, W)
+
+
+def _box_mask(boxes: Tensor, height: int, width: int) -> Tensor:
+    """bool [N, 1, H, W]: True inside each box of ``boxes`` [N, 4] (y1, x1, y2, x2), rows y1..y2-1
+    and columns x1..x2-1 (boxes may reach past the border: only pixels count)."""
+    lower = boxes * _constant((1, 1, -1, -1), boxes.dtype, boxes.device)  # (y1, x1, -y2, -x2)
+    table = _box_table(height, width, boxes.device)
+    return (table >= lower[:, :, None, None]).all(dim=1, keepdim=True)  # (N, 1, H, W)
+
+
+@dataclass(frozen=True)
+class MixParams:
+    """One batch's draw of :class:`TorchvisionMix`, on the generator's device.
+
+    Attributes:
+        lam: float [], mixup only: the weight of each row's own image (1 when the batch is not
+            mixed).
+        box: float [1, 4], cutmix only: (y1, x1, y2, x2), the rows y1..y2-1 and columns
+            x1..x2-1 taken from the previous row, before clipping to the image (empty when the
+            batch is not mixed). The label weight follows from its clipped area.
+    """
+
+    lam: Tensor | None = None
+    box: Tensor | None = None
 
 
 class TorchvisionMix(Mixer):
-    """CutMix or MixUp through torchvision v2, with probability ``prob`` per batch.
+    """CutMix or MixUp as ``torchvision.transforms.v2`` does them, with probability ``prob`` per
+    batch, drawn from the step's generator and applied on the device without a host sync.
+
+    The draw is torchvision's: lam ~ Beta(alpha, alpha); for CutMix a centre uniform over the
+    pixels and a box of half-sides ``floor(sqrt(1 - lam) * H / 2)`` and ``floor(... * W / 2)``
+    clipped to the image, the label weight 1 - (clipped area) / (H * W); every row mixed with
+    the previous one (``roll(1, 0)``). Torchvision's own transform (``self.transform``) takes
+    Python numbers (a sync per batch on a GPU) and is kept as the reference the tests compare
+    with. Whether the batch is mixed is folded into the numbers (lam = 1, an empty box), so
+    targets are always [B, K] soft labels, one-hot for a batch left as it is (the same
+    cross-entropy as its class ids); ``prob = 0`` returns the batch and its class ids.
 
     Args:
         kind: "cutmix" or "mixup".
@@ -104,23 +154,62 @@ class TorchvisionMix(Mixer):
 
     def __init__(self, kind: str, num_classes: int, alpha: float = 1.0, prob: float = 0.5):
         cls = {"cutmix": v2.CutMix, "mixup": v2.MixUp}[kind]
-        self.kind, self.prob = kind, prob
+        self.kind, self.prob, self.alpha, self.num_classes = kind, prob, alpha, num_classes
         self.transform = cls(alpha=alpha, num_classes=num_classes)
 
+    def draw(self, height: int, width: int, generator: torch.Generator) -> MixParams:
+        """Draw one batch's mixing (3 kernels for MixUp, 10 for CutMix, no host sync)."""
+        dev = generator.device
+        f32 = torch.float32
+        # 1. (lam, 1 - lam) ~ Dirichlet(alpha, alpha), as torch's Beta draws it but from our
+        #    generator, and whether the batch is mixed at all (1.0 or 0.0). Only 1 - lam is
+        #    used, times that: 0 when the batch is left as it is.
+        conc = _constant((float(self.alpha),) * 2, f32, dev)
+        one_minus_lam = torch._sample_dirichlet(conc, generator)[1]  # ~ Beta(alpha, alpha)
+        mixed = torch.bernoulli(_constant(float(self.prob), f32, dev), generator=generator)
+        if self.kind == "mixup":
+            # lam = 1 - mixed * (1 - lam): lam, or 1 (the batch itself) when not mixed
+            return MixParams(lam=torch.addcmul(_constant(1.0, f32, dev), mixed, one_minus_lam,
+                                               value=-1))
+        # 2. CutMix's box: half-sides floor(sqrt(1 - lam) * size / 2) (0 when not mixed: an
+        #    empty box) around a centre uniform over the pixels.
+        half = ((one_minus_lam * mixed).sqrt() * _constant((height / 2, width / 2), f32, dev)
+                ).floor()  # (hy, hx)
+        u = torch.rand(2, generator=generator, device=dev)
+        centre = (u * _constant((height, width), f32, dev)).floor()  # (cy, cx)
+        box = torch.addcmul(centre, half, _constant(((-1, -1), (1, 1)), f32, dev))  # (2, 2)
+        return MixParams(box=box.view(1, 4))  # (cy - hy, cx - hx, cy + hy, cx + hx)
+
+    def apply(self, xs: list[Tensor], y: Tensor, params: MixParams) -> tuple[list[Tensor], Tensor]:
+        """Apply one draw identically to every batch in ``xs`` (so pairs keep a shared label).
+
+        Returns:
+            (mixed xs, each [B, C, H, W]; soft targets [B, K]).
+        """
+        _, _, h, w = xs[0].shape
+        one_hot = _one_hot_table(self.num_classes, y.device)[y]  # (B, K)
+        if params.box is not None:
+            inside = _box_mask(params.box.to(xs[0].device), h, w)  # (1, 1, H, W)
+            # the labels' share of the previous row: the clipped box's area / (H * W)
+            prev = inside.mean(dtype=torch.float32).to(y.device)
+            return ([torch.where(inside, x.roll(1, 0), x) for x in xs],
+                    torch.lerp(one_hot, one_hot.roll(1, 0), prev))
+        # lam * row + (1 - lam) * previous row, for the images and the labels alike
+        lam = params.lam.to(xs[0].device)
+        return ([torch.lerp(x.roll(1, 0), x, lam.to(x.dtype)) for x in xs],
+                torch.lerp(one_hot.roll(1, 0), one_hot, lam.to(y.device)))
+
     def __call__(self, xs, y, generator):
-        # 1. Draw: whether to mix, then torchvision's own parameters (lambda, box) under a
-        #    seed taken from our generator, so the global RNG is neither used nor disturbed.
-        mix = bool(torch.rand(1, generator=generator, device=generator.device) < self.prob)
-        seed = _seed_from(generator)
-        if not mix:
+        if self.prob == 0:
             return xs, y
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            params = self.transform.make_params(xs[:1])
-        params.update(labels=y, batch_size=y.shape[0])
-        # 2. Apply the same draw to every batch: pairs keep a shared (soft) label.
-        mixed = [self.transform.transform(x, params) for x in xs]
-        return mixed, self.transform.transform(y, params)
+        return self.apply(xs, y, self.draw(xs[0].shape[2], xs[0].shape[3], generator))
+
+
+@functools.lru_cache(maxsize=16)
+def _one_hot_table(num_classes: int, device: torch.device) -> Tensor:
+    """float [K, K] identity: row k is the one-hot label of class k."""
+    with torch.inference_mode(False):
+        return torch.eye(num_classes, device=device)
 
 
 CutMixer = TorchvisionMix  # deprecated name (it does MixUp too); kept for one release
@@ -134,11 +223,12 @@ def draw_cutout(batch_size: int, height: int, width: int, size: int,
         long [B, 4] boxes (y1, x1, y2, x2), on the generator's device.
     """
     dev = generator.device
-    cy = torch.randint(height, (batch_size,), generator=generator, device=dev)
-    cx = torch.randint(width, (batch_size,), generator=generator, device=dev)
+    cy = torch.randint(height, (batch_size, 1), generator=generator, device=dev)  # (B, 1)
+    cx = torch.randint(width, (batch_size, 1), generator=generator, device=dev)  # (B, 1)
     lo, hi = size // 2, size - size // 2
-    return torch.stack([(cy - lo).clamp(0, height), (cx - lo).clamp(0, width),
-                        (cy + hi).clamp(0, height), (cx + hi).clamp(0, width)], dim=1)
+    corners = torch.cat([cy, cx, cy, cx], dim=1) + _constant((-lo, -lo, hi, hi), torch.long, dev)
+    return corners.clamp(_constant((0,) * 4, torch.long, dev),
+                         _constant((height, width) * 2, torch.long, dev))  # (B, 4)
 
 
 def apply_cutout(x: Tensor, boxes: Tensor, fill: Tensor | float = 0.0) -> Tensor:
@@ -151,14 +241,9 @@ def apply_cutout(x: Tensor, boxes: Tensor, fill: Tensor | float = 0.0) -> Tensor
     Returns:
         [B, C, H, W] images with the boxes filled.
     """
-    b, c, h, w = x.shape
-    boxes = boxes.to(x.device)
-    rows = torch.arange(h, device=x.device)[None, :, None]  # (1, H, 1)
-    cols = torch.arange(w, device=x.device)[None, None, :]  # (1, 1, W)
-    inside = ((rows >= boxes[:, 0, None, None]) & (rows < boxes[:, 2, None, None])
-              & (cols >= boxes[:, 1, None, None]) & (cols < boxes[:, 3, None, None]))  # (B, H, W)
+    inside = _box_mask(boxes.to(x.device), x.shape[2], x.shape[3])  # (B, 1, H, W)
     fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
-    return torch.where(inside[:, None], fill, x)
+    return torch.where(inside, fill, x)
 
 
 class Cutout(Mixer):
@@ -171,11 +256,16 @@ class Cutout(Mixer):
 
     def __init__(self, size: int, fill: Sequence[float] | float = 0.5):
         self.size, self.fill = size, torch.as_tensor(fill, dtype=torch.float32)
+        self._fills: dict = {}  # (device, dtype) -> fill [1, C, 1, 1]: no copy per step
 
     def __call__(self, xs, y, generator):
         _, _, h, w = xs[0].shape
         boxes = draw_cutout(xs[0].shape[0], h, w, self.size, generator)
-        return [apply_cutout(x, boxes, self.fill) for x in xs], y
+        inside = _box_mask(boxes.to(xs[0].device), h, w)  # (B, 1, H, W), once for every batch
+        key = (xs[0].device, xs[0].dtype)
+        if key not in self._fills:
+            self._fills[key] = self.fill.to(device=key[0], dtype=key[1]).reshape(1, -1, 1, 1)
+        return [torch.where(inside, self._fills[key], x) for x in xs], y
 
 
 # ----- methods --------------------------------------------------------------------------------
