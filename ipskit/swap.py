@@ -20,9 +20,14 @@ checks (``ipskit.methods.IPS.step``); only the grid is still checked against the
 
 Sizes that g does not divide: row ``r`` belongs to cell ``floor(r * g / H)``, so cells differ
 by at most one pixel and every pixel belongs to exactly one cell (nothing is dropped or zeroed).
+
+On a GPU a swap is 9 kernels and never waits for the device: no ``.item()``, no
+data-dependent shapes, and the pixel-to-cell tables are built once per (H, W, g, device) and
+cached. It can be captured in a CUDA graph (run it once before capturing, to fill that cache).
 """
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass
 
@@ -172,26 +177,39 @@ def _draw_swap(batch_size: int, grid: int, pr: float, generator: torch.Generator
     n = grid * grid
     draw_device = generator.device if generator is not None else torch.device(device or "cpu")
 
-    # 1. Per pair: swap at all?
-    swapped = torch.rand(batch_size, generator=generator, device=draw_device) < pr  # (B,)
-    # 2. Per pair: how many cells k, never 0 and never all n.
+    # 1. Per pair, one uniform u decides both whether the pair swaps (u < pr) and, if it does,
+    #    how many cells k. For k uniform in 1..n-1: t = (n-1)(1 - u/pr) is > 0 iff u < pr and
+    #    then uniform in (0, n-1], and k = ceil(t) is the number of ranks 0..n-1 below t.
+    #    Computed as (n-1) - alpha*u, t never exceeds n-1: never all cells.
+    u = torch.rand(batch_size, 1, 1, generator=generator, device=draw_device)  # (B, 1, 1)
     if swap_fraction is None:
-        k = torch.randint(1, n, (batch_size,), generator=generator, device=draw_device)  # (B,)
+        top, alpha = (n - 1, (n - 1) / pr) if pr > 0 else (-1, 0.0)
+        t = torch.rsub(u, top, alpha=alpha)  # (B, 1, 1)
+        swapped = t > 0
     else:
-        k = torch.full((batch_size,), min(max(round(swap_fraction * n), 1), n - 1),
-                       device=draw_device)
-    # 3. Which k cells: the k smallest of n uniform scores form a uniform random k-subset.
-    # One argsort, then scatter "rank < k" back to the cells (exact even when scores tie).
-    order = torch.rand(batch_size, n, generator=generator, device=draw_device).argsort(dim=1)
-    first_k = torch.arange(n, device=draw_device) < k[:, None]  # (B, n), by rank
-    cells = torch.zeros_like(first_k).scatter_(1, order, first_k) & swapped[:, None]  # (B, n)
-    decision = SwapDecision(swapped, cells.view(batch_size, grid, grid), grid)
+        swapped = u < pr
+        t = swapped * min(max(round(swap_fraction * n), 1), n - 1)  # (B, 1, 1), k or 0
+    # 2. Which cells: argsort of n uniform scores is a uniform random permutation, so the cells
+    #    whose entry is below t are a uniform random subset of size ceil(t) (exact even when
+    #    scores tie: it is still a permutation).
+    perm = torch.rand(batch_size, n, generator=generator, device=draw_device).argsort(dim=1)
+    cells = perm.view(batch_size, grid, grid) < t  # (B, g, g)
+    decision = SwapDecision(swapped.view(batch_size), cells, grid)
     return decision if device is None else decision.to(device)
 
 
 def cell_index(size: int, grid: int, device: torch.device | str | None = None) -> Tensor:
     """long [size]: the cell (0..grid-1) each pixel row/column belongs to."""
     return torch.arange(size, device=device) * grid // size
+
+
+@functools.lru_cache(maxsize=64)
+def _cell_tables(height: int, width: int, grid: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(rows [1, H, 1], cols [1, 1, W]): the cell of every pixel row and column, built once per
+    size and device so that a swap only indexes them (no per-call arange on the device)."""
+    with torch.inference_mode(False):  # usable outside inference mode even if built inside it
+        return (cell_index(height, grid, device).view(1, height, 1),
+                cell_index(width, grid, device).view(1, 1, width))
 
 
 def pixel_mask(decision: SwapDecision, height: int, width: int) -> Tensor:
@@ -204,11 +222,9 @@ def pixel_mask(decision: SwapDecision, height: int, width: int) -> Tensor:
     if g > min(height, width):
         raise InputError(f"a grid of {g} cells per side does not fit a {height}x{width} image; "
                          f"use grid <= {min(height, width)}")
-    dev = decision.cells.device
-    # Flat cell id of every pixel, then one gather: [B, g*g] -> [B, H*W].
-    cell_of_pixel = cell_index(height, g, dev)[:, None] * g + cell_index(width, g, dev)[None, :]
-    flat = decision.cells.reshape(len(decision), g * g)[:, cell_of_pixel.view(-1)]  # (B, H*W)
-    return flat.view(len(decision), 1, height, width)  # (B, 1, H, W)
+    rows, cols = _cell_tables(height, width, g, decision.cells.device)
+    # One gather: the row and column tables broadcast to [1, H, W] cell coordinates.
+    return decision.cells[:, rows, cols]  # (B, 1, H, W)
 
 
 def _check_pair(x_a: Tensor, x_b: Tensor) -> None:

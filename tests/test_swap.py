@@ -1,12 +1,17 @@
-"""Tests for ipskit.swap: reference, invariants, statistics, determinism, bad input."""
+"""Tests for ipskit.swap: reference, invariants, statistics, determinism, bad input, and the op
+budget of the per-batch random ops (swap, augmentation, mixers: few kernels, no host sync)."""
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ipskit import PatchSwap, SwapDecision, apply_swap, draw_swap, patch_swap, pixel_mask
+from ipskit.augment import AugmentSpec, augment_batch
 from ipskit.checks import InputError
+from ipskit.methods import Cutout, MixParams, TorchvisionMix
 from ipskit.swap import resolve_grid
 
 
@@ -39,11 +44,18 @@ def batch(B=8, C=3, H=12, W=12, dtype=torch.float32, seed=0):
                                       (224, 224, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bfloat16])
 def test_matches_reference_loop(H, W, grid, dtype):
+    # One decision, applied by ipskit and by the loop.
     x_a, x_b = batch(B=6, H=H, W=W, dtype=dtype)
-    out_a, out_b, d = patch_swap(x_a, x_b, grid=grid, pr=0.7, generator=torch.Generator().manual_seed(1))
+    d = draw_swap(6, grid, pr=0.7, generator=torch.Generator().manual_seed(1))
+    out_a, out_b = apply_swap(x_a, x_b, d)
     ref_a, ref_b = reference_swap(x_a, x_b, d.cells)
     assert torch.equal(out_a, ref_a) and torch.equal(out_b, ref_b)
     assert out_a.dtype == dtype
+    # patch_swap is that draw then that application, from the same generator state
+    one_a, one_b, one_d = patch_swap(x_a, x_b, grid=grid, pr=0.7,
+                                     generator=torch.Generator().manual_seed(1))
+    assert torch.equal(one_d.cells, d.cells) and torch.equal(one_d.swapped, d.swapped)
+    assert torch.equal(one_a, out_a) and torch.equal(one_b, out_b)
 
 
 @pytest.mark.parametrize("H,W,grid", [(7, 10, 3), (33, 31, 4), (16, 16, 3)])
@@ -103,6 +115,49 @@ def test_swapped_fraction_matches_pr_and_cells_uniform():
     p = 8 / 16  # E[k] = 8 for k uniform in 1..15
     m = int(d.swapped.sum())
     assert ((per_cell - p).abs() < 4 * math.sqrt(p * (1 - p) / m)).all()
+
+
+@pytest.mark.parametrize("pr", [0.3, 0.85])
+def test_k_uniform_among_swapped_pairs_for_any_pr(pr):
+    # k and the swap decision come from one uniform per pair: k must stay uniform given pr < 1
+    d = draw_swap(80_000, grid=3, pr=pr, generator=torch.Generator().manual_seed(4))
+    k = d.num_swapped[d.swapped]
+    m = len(k)
+    assert abs(m / 80_000 - pr) < 3 * math.sqrt(pr * (1 - pr) / 80_000)
+    assert k.min() >= 1 and k.max() <= 8
+    counts = torch.bincount(k, minlength=9)[1:].double()
+    se = math.sqrt(m / 8 * (1 - 1 / 8))
+    assert ((counts - m / 8).abs() < 4 * se).all(), counts
+
+
+def test_given_k_every_subset_of_cells_is_equally_likely():
+    # grid 2: 4 cells; k = 1 and 3 have 4 subsets each, k = 2 has 6
+    d = draw_swap(60_000, grid=2, pr=1.0, generator=torch.Generator().manual_seed(6))
+    code = (d.cells.flatten(1).long() * torch.tensor([1, 2, 4, 8])).sum(1)  # subset id 1..14
+    k = d.num_swapped
+    for size, subsets in ((1, 4), (2, 6), (3, 4)):
+        ids = code[k == size]
+        counts = torch.bincount(ids, minlength=16).double()
+        used = counts[counts > 0]
+        assert len(used) == subsets
+        p = 1 / subsets
+        se = math.sqrt(len(ids) * p * (1 - p))
+        assert ((used - len(ids) * p).abs() < 4 * se).all(), (size, used)
+
+
+@pytest.mark.parametrize("pr, fraction", [(0.0, None), (0.4, None), (1.0, None), (1e-3, None),
+                                          (0.4, 0.25), (1.0, 0.5)])
+def test_swapped_exactly_when_some_cell_is_and_never_all_cells(pr, fraction):
+    d = draw_swap(5000, grid=4, pr=pr, swap_fraction=fraction,
+                  generator=torch.Generator().manual_seed(8))
+    assert torch.equal(d.swapped, d.num_swapped > 0)
+    assert d.num_swapped.max() <= 15
+    assert d.swapped.dtype == torch.bool and d.swapped.shape == (5000,)
+    assert d.cells.dtype == torch.bool and d.cells.shape == (5000, 4, 4)
+    if fraction is not None:
+        assert (d.num_swapped[d.swapped] == round(fraction * 16)).all()
+    if pr == 1.0:
+        assert d.swapped.all()
 
 
 def test_swap_fraction_option_fixes_k():
@@ -248,3 +303,135 @@ def test_ips_step_checks_the_swap_settings_once(monkeypatch):
         ref_a, ref_b, _ = patch_swap(x_a, x_b, grid=2, pr=1.0, generator=torch.Generator().manual_seed(seed))
         assert torch.equal(seen[-1], torch.cat([ref_a, ref_b]))
     assert len(calls) == 3  # the three reference patch_swap calls, none from IPS.step
+
+
+# ----- op budget: few kernels a call and no host sync, for every per-batch random op ----------
+# Counted at the ATen dispatcher on the CPU (the same calls run on a GPU): "kernels" are the calls
+# that compute something; views (reshape, unsqueeze, select) only change metadata and are not
+# counted. A sync is an op that needs a value or a size from the device: .item(), bool(t), int(t),
+# nonzero(), boolean indexing.
+_SYNC_OPS = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.equal",
+             "aten.unique", "aten._unique", "aten._unique2", "aten.unique_consecutive",
+             "aten.unique_dim"}
+
+
+class _AtenCalls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.kernels, self.views, self.syncs = Counter(), 0, Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        if func.is_view:
+            self.views += 1
+        else:
+            self.kernels[name] += 1
+        if name in _SYNC_OPS:
+            self.syncs[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _count(fn) -> _AtenCalls:
+    fn()  # a first call fills the per-size caches (as a warm-up before a CUDA graph capture)
+    with _AtenCalls() as calls:
+        fn()
+    return calls
+
+
+def test_patch_swap_is_at_most_10_kernels_and_never_syncs():
+    x_a, x_b = batch(B=64, H=32, W=32)
+    gen = torch.Generator().manual_seed(0)
+    for call in (lambda: patch_swap(x_a, x_b, grid=8, pr=0.5, generator=gen),
+                 lambda: patch_swap(x_a, x_b, grid=3, pr=1.0, generator=gen, swap_fraction=0.3),
+                 lambda: PatchSwap(patch_size=4)(x_a, x_b, generator=gen)):
+        calls = _count(call)
+        assert sum(calls.kernels.values()) <= 10, calls.kernels
+        assert not calls.syncs, calls.syncs
+
+
+def test_augment_is_at_most_10_kernels_and_never_syncs():
+    x = batch(B=64, H=32, W=32, dtype=torch.uint8)[0]
+    gen = torch.Generator().manual_seed(0)
+    for spec in (AugmentSpec(4, flip=True), AugmentSpec(2, flip=False, padding_mode="reflect")):
+        calls = _count(lambda spec=spec: augment_batch(x, spec, gen))
+        assert sum(calls.kernels.values()) <= 10, calls.kernels
+        assert not calls.syncs, calls.syncs
+
+
+@pytest.mark.parametrize("kind, budget", [("cutout", 10), ("mixup", 10), ("cutmix", 21)])
+def test_mixers_on_a_pair_of_batches_never_sync(kind, budget):
+    # Cutout draws and builds its mask once for both sides; MixUp and CutMix also draw and fold
+    # in whether the batch is mixed at all (prob 0.5), then mix two batches and the labels.
+    x_a, x_b = batch(B=32, H=16, W=16)
+    y = torch.randint(5, (32,), generator=torch.Generator().manual_seed(0))
+    mixer = Cutout(8) if kind == "cutout" else TorchvisionMix(kind, 5, prob=0.5)
+    gen = torch.Generator().manual_seed(1)
+    calls = _count(lambda: mixer([x_a, x_b], y, gen))
+    assert sum(calls.kernels.values()) <= budget, calls.kernels
+    assert not calls.syncs, calls.syncs
+
+
+# ----- the mixers' draw against torchvision's (ipskit.methods.TorchvisionMix) ------------------
+def _torchvision_params(params: MixParams, h: int, w: int) -> dict:
+    """Our draw in the Python numbers torchvision's transform takes (x1, y1, x2, y2 clipped)."""
+    if params.box is None:
+        return {"lam": float(params.lam)}
+    y1, x1, y2, x2 = (int(v) for v in params.box.view(4))
+    y1, x1, y2, x2 = max(y1, 0), max(x1, 0), min(y2, h), min(x2, w)
+    return {"box": (x1, y1, x2, y2), "lam_adjusted": 1.0 - (x2 - x1) * (y2 - y1) / (w * h)}
+
+
+@pytest.mark.parametrize("kind", ["cutmix", "mixup"])
+def test_mix_applies_a_draw_as_torchvision_does(kind):
+    x_a, x_b = batch(B=8, H=10, W=14)
+    y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    mixer = TorchvisionMix(kind, 5, alpha=1.0, prob=0.7)
+    for seed in range(12):  # mixed and unmixed batches, boxes at the border and inside
+        params = mixer.draw(10, 14, torch.Generator().manual_seed(seed))
+        (m_a, m_b), soft = mixer.apply([x_a, x_b], y, params)
+        ref = dict(_torchvision_params(params, 10, 14), labels=y, batch_size=8)
+        for got, x in ((m_a, x_a), (m_b, x_b)):
+            torch.testing.assert_close(got, mixer.transform.transform(x, ref), rtol=0, atol=1e-6)
+        torch.testing.assert_close(soft, mixer.transform.transform(y, ref), rtol=0, atol=1e-6)
+
+
+def test_cutmix_boxes_and_mix_rate_are_distributed_as_torchvision_draws_them():
+    h, w, n = 12, 20, 3000
+    mixer = TorchvisionMix("cutmix", 5, alpha=1.0, prob=0.6)
+    gen = torch.Generator().manual_seed(0)
+    ours = [_torchvision_params(mixer.draw(h, w, gen), h, w) for _ in range(n)]
+    image = torch.zeros(1, 1, h, w)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        theirs = [mixer.transform.make_params([image]) for _ in range(n)]
+    mixed = torch.tensor([p["lam_adjusted"] < 1 for p in ours]).double()
+    # the box is empty when unmixed, and (rarely) when 1 - lam is too small for one pixel
+    p_empty_box = sum(p["lam_adjusted"] == 1 for p in theirs) / n
+    expected = 0.6 * (1 - p_empty_box)
+    assert abs(mixed.mean().item() - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
+
+    def ks(a, b):  # two-sample Kolmogorov-Smirnov distance
+        a, b = torch.tensor(a, dtype=torch.float64).sort().values, torch.tensor(b, dtype=torch.float64).sort().values
+        grid = torch.cat([a, b])
+        return (torch.searchsorted(a, grid, right=True) / len(a)
+                - torch.searchsorted(b, grid, right=True) / len(b)).abs().max().item()
+
+    m = int(mixed.sum())
+    ours_mixed = [p for p in ours if p["lam_adjusted"] < 1]
+    theirs_mixed = [p for p in theirs if p["lam_adjusted"] < 1]
+    crit = 1.95 * math.sqrt((m + len(theirs_mixed)) / (m * len(theirs_mixed)))  # alpha = 0.001
+    for field in (lambda p: p["lam_adjusted"], lambda p: p["box"][0], lambda p: p["box"][1],
+                  lambda p: p["box"][2] - p["box"][0], lambda p: p["box"][3] - p["box"][1]):
+        assert ks([field(p) for p in ours_mixed], [field(p) for p in theirs_mixed]) < crit
+
+
+def test_mixup_lambda_is_beta_and_gated_by_prob():
+    mixer = TorchvisionMix("mixup", 5, alpha=0.4, prob=0.3)
+    gen = torch.Generator().manual_seed(2)
+    lam = torch.stack([mixer.draw(8, 8, gen).lam for _ in range(4000)]).flatten().double()
+    mixed = lam < 1
+    assert abs(mixed.double().mean().item() - 0.3) < 4 * math.sqrt(0.21 / 4000)
+    # Beta(0.4, 0.4): mean 1/2, variance 1 / (4 * (2 * 0.4 + 1)) = 0.1389
+    lm = lam[mixed]
+    assert abs(lm.mean().item() - 0.5) < 4 * math.sqrt(0.1389 / len(lm))
+    assert abs(lm.var().item() - 0.1389) < 0.02
