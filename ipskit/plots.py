@@ -50,6 +50,7 @@ __all__ = [
     "fgsm_curves",
     "corruption_curves",
     "similarity_heatmap",
+    "similarity_heatmaps",
     "swap_pair_figure",
     "ablation_heatmap",
     "training_curves",
@@ -316,7 +317,7 @@ def similarity_heatmap(matrix, class_names=None, title: str = "Mean prediction p
         raise ValueError(f"matrix must be square [K, K], got shape {m.shape}")
     k = m.shape[0]
     names = [str(c) for c in (class_names if class_names is not None else range(k))]
-    fig = Figure(figsize=(1.0 + 0.45 * k, 0.6 + 0.45 * k), layout="constrained")
+    fig = Figure(figsize=(1.9 + 0.3 * k, 1.3 + 0.3 * k), layout="constrained")
     ax = fig.add_subplot()
     if diverging and log:
         raise ValueError("pass diverging=True (signed values) or log=True (probabilities), not both")
@@ -336,6 +337,54 @@ def similarity_heatmap(matrix, class_names=None, title: str = "Mean prediction p
     ax.set_yticks(range(k), names)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     _larger(ax, _TEXT - 1)
+    return fig
+
+
+def similarity_heatmaps(matrices: dict, class_names=None, floor: float = 1e-4, ncols: int = 2,
+                        label: str = "mean probability (log scale)") -> Figure:
+    """Class-similarity matrices of several runs side by side on one log colour scale.
+
+    One figure, one colour bar and the class names once per row, so that each matrix gets the
+    room (two runs at once fill a screen's width legibly).
+
+    Args:
+        matrices: run name -> ``[K, K]`` ``metrics.class_similarity(...)["mean_prob"]``.
+        class_names: K labels (default 0..K-1).
+        floor: smallest probability the log scale shows.
+        ncols: matrices per row; label: colour-bar label.
+
+    Returns:
+        Figure.
+    """
+    if not matrices:
+        raise ValueError("matrices is empty; pass {run name: [K, K] matrix}")
+    if not 0 < floor < 1:
+        raise ValueError(f"floor must be in (0, 1) for a log scale, got {floor}")
+    ms = {n: np.array([[np.nan if v is None else v for v in row] for row in np.asarray(m, dtype=object)],
+                      dtype=float) for n, m in matrices.items()}
+    k = next(iter(ms.values())).shape[0]
+    if any(m.shape != (k, k) for m in ms.values()):
+        raise ValueError(f"every matrix must be square [K, K] of one K, got {[m.shape for m in ms.values()]}")
+    names = [str(c) for c in (class_names if class_names is not None else range(k))]
+    n = len(ms)
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    side = 0.32 * k + 0.5
+    fig = Figure(figsize=(side * ncols + 2.6, (side + 1.2) * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    norm = LogNorm(vmin=floor, vmax=1.0)
+    rotate = 90 if k > 10 or max(map(len, names)) > 3 else 0
+    for i, (ax, (name, m)) in enumerate(zip(axes, ms.items())):
+        im = ax.imshow(np.clip(m, floor, 1.0), cmap="viridis", norm=norm)
+        ax.set_xticks(range(k), names, rotation=rotate)
+        ax.set_yticks(range(k), names if i % ncols == 0 else [])
+        ax.set(title=name, xlabel="predicted class", ylabel="true class" if i % ncols == 0 else "")
+        _larger(ax)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    bar = fig.colorbar(im, ax=axes[:n], shrink=0.8, label=label)
+    bar.ax.tick_params(labelsize=_TEXT - 1)
+    bar.ax.yaxis.label.set_size(_TEXT)
     return fig
 
 

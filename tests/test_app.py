@@ -227,7 +227,7 @@ def pngs(monkeypatch):
 @pytest.mark.parametrize("page, names", [
     ("pages/1_Swap_playground.py", {"swap_pair", "swap_probabilities"}),
     ("pages/2_Logit_smoothing.py", {"confidence_histogram", "entropy_histogram", "reliability",
-                                    "similarity_0", "similarity_1"}),
+                                    "similarity"}),
     ("pages/3_Grad-CAM.py", {"gradcam_test_images", "gradcam_swapped_pair"}),
     ("pages/4_Ablation.py", {"ablation"}),
     ("pages/5_Runs.py", {"curves"}),

@@ -198,6 +198,15 @@ def test_similarity_heatmap_log_scale():
     assert isinstance(norm, matplotlib.colors.LogNorm) and (norm.vmin, norm.vmax) == (1e-3, 1.0)
     with pytest.raises(ValueError, match="not both"):
         plots.similarity_heatmap(sim, log=True, diverging=True)
+    # several runs: one figure, one shared log scale, class names once per row
+    fig = plots.similarity_heatmaps({"ce": sim, "ips": sim.sqrt()}, list("abcde"), floor=1e-3)
+    _png(fig)
+    left, right = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"][:2]
+    assert left.images[0].norm is right.images[0].norm and left.images[0].norm.vmin == 1e-3
+    assert [t.get_text() for t in left.get_yticklabels()] == list("abcde")
+    assert not any(t.get_text() for t in right.get_yticklabels())
+    with pytest.raises(ValueError, match="one K"):
+        plots.similarity_heatmaps({"a": sim, "b": sim[:3, :3]})
 
 
 def test_run_curves_fit_each_axis_and_put_legends_outside():

@@ -90,15 +90,13 @@ def main() -> None:
     st.caption("Row c: the mean predicted distribution over the test images of class c, on a log "
                "colour scale (on a linear one only the diagonal shows). Smoothing moves mass off the "
                "diagonal, onto the classes that look alike.")
-    shown = list(logits_by_run.items())[:4]
-    cols = st.columns(min(len(shown), 2))
-    for i, (name, logits) in enumerate(shown):
+    sims = {}
+    for name, logits in list(logits_by_run.items())[:4]:
         labels = torch.from_numpy(common.test_logits(by_name[name]["path"], n_max)["labels"])
-        sim = class_similarity(torch.from_numpy(logits), labels)
-        with cols[i % len(cols)]:
-            common.figure(plots.similarity_heatmap(sim["mean_prob"], classes, title=name, log=True,
-                                                   label="mean probability (log scale)"),
-                          f"similarity_{i}")
+        sims[name] = class_similarity(torch.from_numpy(logits), labels)["mean_prob"]
+    if len(logits_by_run) > len(sims):
+        st.caption(f"The first {len(sims)} of the {len(logits_by_run)} runs picked.")
+    common.figure(plots.similarity_heatmaps(sims, classes), "similarity")
 
 
 def story(rows: list[dict]) -> str:
