@@ -505,7 +505,8 @@ class LopsidedPair:
 @torch.no_grad()
 def most_lopsided_pair(model: torch.nn.Module, x: torch.Tensor, label: int, grid: int,
                        pr: float = 0.5, generator: torch.Generator | None = None,
-                       n_pairs: int = 64, batch_size: int = 256) -> LopsidedPair:
+                       n_pairs: int = 64, batch_size: int = 256,
+                       swapped_only: bool = False) -> LopsidedPair:
     """Among random pairs of one class, the one whose sides differ most after a patch swap.
 
     A clear teacher / student example of IPS on demand: ``n_pairs`` pairs of distinct images
@@ -520,6 +521,8 @@ def most_lopsided_pair(model: torch.nn.Module, x: torch.Tensor, label: int, grid
         grid: cells per side g of the swap; pr: swap probability per pair, in [0, 1].
         generator: source of the pairs and swaps.
         n_pairs: pairs to search (>= 1); batch_size: images per forward pass.
+        swapped_only: pick among the pairs that drew a swap (with ``pr < 1`` some do not), so
+            that the example shows a swap; all pairs when none did.
     Returns:
         :class:`LopsidedPair`.
     """
@@ -551,7 +554,9 @@ def most_lopsided_pair(model: torch.nn.Module, x: torch.Tensor, label: int, grid
     p = logits.float().softmax(dim=1)[:, label]
     p_a, p_b = p[:n_pairs], p[n_pairs:]
     gaps = (p_a - p_b).abs()
-    best = int(gaps.argmax())
+    use_all = not (swapped_only and bool(decision.swapped.any()))
+    eligible = torch.ones_like(gaps, dtype=torch.bool) if use_all else decision.swapped
+    best = int(torch.where(eligible, gaps, -1.0).argmax())
     one = SwapDecision(decision.swapped[best:best + 1], decision.cells[best:best + 1], decision.grid)
     return LopsidedPair(int(idx_a[best]), int(idx_b[best]), one, float(p_a[best]), float(p_b[best]),
                         gaps)

@@ -280,6 +280,14 @@ def test_most_lopsided_pair_matches_a_naive_search():
     assert abs(out.p_a - out.p_b) == pytest.approx(max(gaps), abs=1e-6)
     assert out.gaps.tolist() == pytest.approx(gaps, abs=1e-6)
     assert (ia != ib).all()  # every pair joins two different images
+    # swapped_only: the most lopsided among the pairs that drew a swap
+    out = M.most_lopsided_pair(model, x, 1, grid=4, pr=0.5, generator=torch.Generator().manual_seed(3),
+                               n_pairs=16, swapped_only=True)
+    best = max((t for t in range(16) if d.swapped[t]), key=lambda t: gaps[t])
+    assert bool(out.decision.swapped[0]) and (out.index_a, out.index_b) == (int(ia[best]), int(ib[best]))
+    none = M.most_lopsided_pair(model, x, 1, grid=4, pr=0.0, generator=torch.Generator().manual_seed(3),
+                                n_pairs=16, swapped_only=True)  # nothing swapped: every pair counts
+    assert not bool(none.decision.swapped[0])
 
 
 def test_most_lopsided_pair_bad_input():

@@ -71,7 +71,7 @@ def find_lopsided(run_path: str, x_cls: np.ndarray, cls: int, default_grid: int)
         with common.MODEL_LOCK:
             found = most_lopsided_pair(model, common.to_float(x_cls), cls, grid, pr,
                                        generator=torch.Generator().manual_seed(seed),
-                                       n_pairs=LOPSIDED_PAIRS)
+                                       n_pairs=LOPSIDED_PAIRS, swapped_only=True)
     except (OSError, ValueError) as e:
         st.session_state["swap_lopsided_error"] = common.one_line(e)
         return
@@ -131,8 +131,8 @@ def main() -> None:
                   on_click=find_lopsided,
                   args=(run["path"] if run else "", x[members], int(cls), min(4, gmax)),
                   help=f"Among {LOPSIDED_PAIRS} random pairs of this class, each with a swap drawn "
-                       f"from the seed (grid and pr as set below), pick the pair whose two sides "
-                       f"differ most in p(true class) under the trained run's model"
+                       f"from the seed (grid and pr as set below), pick the swapped pair whose two "
+                       f"sides differ most in p(true class) under the trained run's model"
                        + ("" if run else " (pick a trained run first)"))
         st.header("Swap")
         grid = st.slider("Patch grid g (g x g cells)", 2, gmax, min(4, gmax), key="swap_grid")
@@ -169,7 +169,8 @@ def main() -> None:
     else:
         st.markdown(f"{where} drew **no swap** for this pair (each pair is swapped with "
                     f"probability pr = {pr:.2f}); it still enters the loss as a plain "
-                    f"same-class pair." + (" Set pr = 1 to search swapped pairs only." if lopsided else ""))
+                    f"same-class pair." + (" None of the pairs searched drew a swap at this pr."
+                                           if lopsided else ""))
     st.caption(f"swapped cells (row, col): {cell_list or 'none'}")
     if ia == ib:
         st.warning("Images a and b are the same image: a swap changes nothing.")
