@@ -3,7 +3,8 @@
 Starts ``streamlit run app/Home.py --server.headless true`` on a free localhost port against a
 folder of tiny trained runs (tests/_app_runs.py), waits for ``/_stcore/health``, then loads
 every page in headless Chromium and checks that it rendered: the page title, its main content,
-no "Traceback", no "Error", no exception or error box. Screenshots go to
+no "Traceback", no "Error", no exception or error box, and a "Download PNG" button under the
+figures. Screenshots, at a 1280 x 720 window stretched to the page's height, go to
 ``test-artifacts/screenshots/`` (gitignored) for a human to look at.
 
 Chromium is driven over the DevTools protocol (``--remote-debugging-port``, with the
@@ -12,8 +13,10 @@ Chromium is driven over the DevTools protocol (``--remote-debugging-port``, with
 rendering does not advance, so a cold page came back blank or half drawn. Here each page is
 polled until Streamlit reports its script finished and every image has loaded.
 
-A second test starts the explorer on an empty runs folder, clicks "Train the demo runs" and
-follows the progress bar until the real demo runs are trained and listed.
+A second test starts the explorer on an empty runs folder, clicks "Train the demo runs",
+follows the progress bar until the real demo runs are trained and listed, then shoots every
+page on them (``demo-*.png``); a third shoots every page on the CE / IPS pair shipped in
+``results/`` as a fresh clone shows it (``shipped-*.png``).
 
 Without Chromium the test is skipped, unless ``IPSKIT_REQUIRE_BROWSER=1`` (CI) makes that a
 failure. Install it with ``make browser`` (Debian's ``chromium`` package).
@@ -41,6 +44,7 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = REPO / "test-artifacts" / "screenshots"
+WIDTH, HEIGHT = 1280, 720  # a projector's or a laptop's window
 # url path -> (page title, text the rendered page must contain)
 PAGES = {
     "": ("IPS explorer", "run(s) under"),
@@ -52,7 +56,7 @@ PAGES = {
 }
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=1400,1000"]
+                  "--disable-component-update", "--disable-sync", f"--window-size={WIDTH},{HEIGHT}"]
 PAGE_TIMEOUT = 120  # s; a cold page imports torch and trains nothing, but CI machines are slow
 STATE_JS = """(() => {
   const app = document.querySelector('[data-test-script-state]');
@@ -195,16 +199,39 @@ class Browser:
                              f"title {s.get('h1')!r}, text {s.get('text', '')[:300]!r}")
 
     def screenshot(self, path: Path, height: int) -> None:
-        """The whole page: the viewport is stretched to the content's height first."""
-        h = int(min(height + 40, 6000))
-        if h > 1000:
-            self.call("Emulation.setDeviceMetricsOverride", width=1400, height=h,
+        """The whole page at the window's width: the viewport is stretched to the content's
+        height first."""
+        h = int(min(height + 40, 8000))
+        if h > HEIGHT:
+            self.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=h,
                       deviceScaleFactor=1, mobile=False)
             time.sleep(0.8)  # let Streamlit re-lay out the charts for the new size
         shot = self.call("Page.captureScreenshot", format="png")
         path.write_bytes(base64.b64decode(shot["data"]))
-        if h > 1000:
+        if h > HEIGHT:
             self.call("Emulation.clearDeviceMetricsOverride")
+
+    def click_button(self, label: str, then: str, timeout: float = PAGE_TIMEOUT) -> dict:
+        """Click the button labelled ``label`` and wait until the page shows ``then``."""
+        self.call("Runtime.evaluate", expression=(
+            "Array.from(document.querySelectorAll('button'))"
+            f".find(b => b.innerText.trim() === {json.dumps(label)}).click()"))
+        deadline, s = time.monotonic() + timeout, {}
+        while time.monotonic() < deadline:
+            s = self.state()
+            if s["state"] == "notRunning" and then in s["text"] and s["images"]:
+                time.sleep(0.5)
+                return self.state()
+            time.sleep(0.25)
+        raise AssertionError(f"{label!r} did not lead to {then!r} in {timeout} s: {s.get('text', '')[:300]!r}")
+
+    def click_tab(self, label: str) -> dict:
+        """Open the tab named ``label`` and return the page state once it settled."""
+        self.call("Runtime.evaluate", expression=(
+            "Array.from(document.querySelectorAll('[role=\"tab\"]'))"
+            f".find(t => t.innerText.trim() === {json.dumps(label)}).click()"))
+        time.sleep(1.0)
+        return self.state()
 
     def close(self) -> None:
         if getattr(self, "stack", None) is not None:
@@ -225,12 +252,20 @@ def browser(chromium):
     b.close()
 
 
-def test_every_page_renders_in_headless_chromium(server, browser):
+FIGURES = {"Swap_playground", "Logit_smoothing", "Grad-CAM", "Ablation", "Runs"}  # pages with a figure
+# tabs shot on their own: page -> (tab, text it must show)
+TABS = {"Grad-CAM": [("Swapped pair", "teacher"), ("Your image", "5MB per file")],
+        "Runs": [("Evaluation", "")]}
+
+
+def shoot_every_page(browser, url: str, prefix: str, pages: dict = PAGES) -> list[str]:
+    """Load every page, shoot it (and its tabs in TABS) as ``<prefix><page>.png``; returns the
+    problems found."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     problems = []
-    for path, (title, marker) in PAGES.items():
-        s = browser.load(f"{server}/{path}", title)
-        name = path or "Home"
+    for path, (title, marker) in pages.items():
+        s = browser.load(f"{url}/{path}", title)
+        name = prefix + (path or "Home")
         browser.screenshot(SHOTS / f"{name}.png", s["height"])
         text = s["text"]
         checks = {
@@ -239,9 +274,20 @@ def test_every_page_renders_in_headless_chromium(server, browser):
             "no Traceback": "Traceback" not in text,
             "no Error": "Error" not in text,
             "no error box": s["errors"] == 0,
+            "Download PNG": path not in FIGURES or "Download PNG" in text or "No sweep table" in text,
         }
+        for tab, tab_marker in TABS.get(path, []):
+            t = browser.click_tab(tab)
+            browser.screenshot(SHOTS / f"{name}-{tab.replace(' ', '_')}.png", t["height"])
+            checks[f"tab {tab}: no error box"] = t["errors"] == 0
+            checks[f"tab {tab}: {tab_marker!r}"] = tab_marker in t["text"]
         problems += [f"{name}: {what}" for what, ok in checks.items() if not ok]
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000, f"{name}: screenshot looks empty"
+    return problems
+
+
+def test_every_page_renders_in_headless_chromium(server, browser):
+    problems = shoot_every_page(browser, server, "")
     assert not problems, problems
 
 
@@ -284,32 +330,35 @@ def test_no_runs_the_demo_button_trains_with_a_live_progress_bar(tmp_path, brows
         assert "No runs found" not in s["text"] and "2 run(s) under" in s["text"] and s["errors"] == 0
         assert (root / "demo" / "ce" / "summary.json").is_file()
         assert (root / "demo" / "ips" / "summary.json").is_file()
+        # every page on the real demo runs (no sweep yet: the Ablation page offers one)
+        pages = {**PAGES, "Ablation": ("Ablation", "Train this sweep")}
+        problems = shoot_every_page(browser, url, "demo-", pages)
+        assert not problems, problems
 
 
 SHIPPED_PAGES = {  # page: (title, what it must show on the shipped CIFAR-10 pair)
+    "": ("IPS explorer", "shipped with ipskit"),
     "Swap_playground": ("Swap playground", "teacher"),
     "Logit_smoothing": ("Logit smoothing", "results/cifar10-resnet8-cpu/ips"),
     "Grad-CAM": ("Grad-CAM", "results/cifar10-resnet8-cpu/ce"),
+    "Ablation": ("Ablation", "Train this sweep"),
+    "Runs": ("Runs", "Curves"),
 }
 
 
 def test_fresh_clone_shows_the_shipped_natural_image_pair(tmp_path, browser):
     """No runs of one's own, no dataset, no network: the pages show the CE / IPS pair shipped
     in results/ on its CIFAR-10 test sample (what ``make app`` shows on a fresh clone)."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
     # started outside the checkout, so that relative dataset paths (data/cifar10) are missing
     with streamlit_server(tmp_path / "runs", tmp_path / "server.log", results=REPO / "results",
                           cwd=tmp_path) as url:
-        s = browser.load(url, "IPS explorer")
-        assert "shipped with ipskit" in s["text"] and s["errors"] == 0
-        problems = []
-        for path, (title, marker) in SHIPPED_PAGES.items():
-            s = browser.load(f"{url}/{path}", title)
-            browser.screenshot(SHOTS / f"shipped-{path}.png", s["height"])
-            for what, ok in {f"content {marker!r}": marker in s["text"],
-                             "CIFAR-10 classes": "airplane" in s["text"] or path == "Logit_smoothing",
-                             "no Traceback": "Traceback" not in s["text"],
-                             "no error box": s["errors"] == 0}.items():
-                if not ok:
-                    problems.append(f"{path}: {what}")
+        problems = shoot_every_page(browser, url, "shipped-", SHIPPED_PAGES)
+        s = browser.load(f"{url}/Swap_playground", "Swap playground")
+        if "airplane" not in s["text"]:
+            problems.append("Swap_playground: CIFAR-10 classes")
+        # a clear teacher / student example on demand
+        s = browser.click_button("Most lopsided pair", then="most lopsided of 64 random pairs")
+        browser.screenshot(SHOTS / "shipped-Swap_playground-lopsided.png", s["height"])
+        if s["errors"] or "drew a swap:" not in s["text"]:
+            problems.append("Swap_playground: the most lopsided pair, swapped, without an error")
         assert not problems, problems
