@@ -204,12 +204,12 @@ def cell_index(size: int, grid: int, device: torch.device | str | None = None) -
 
 
 @functools.lru_cache(maxsize=64)
-def _cell_tables(height: int, width: int, grid: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(rows [1, H, 1], cols [1, 1, W]): the cell of every pixel row and column, built once per
-    size and device so that a swap only indexes them (no per-call arange on the device)."""
+def _cell_of_pixel(height: int, width: int, grid: int, device: torch.device) -> Tensor:
+    """long [H*W]: the flat cell id (row cell * g + column cell) of every pixel, built once per
+    size and device so that a swap only indexes it (no per-call arange on the device)."""
     with torch.inference_mode(False):  # usable outside inference mode even if built inside it
-        return (cell_index(height, grid, device).view(1, height, 1),
-                cell_index(width, grid, device).view(1, 1, width))
+        rows, cols = cell_index(height, grid, device), cell_index(width, grid, device)
+        return (rows[:, None] * grid + cols[None, :]).view(-1)
 
 
 def pixel_mask(decision: SwapDecision, height: int, width: int) -> Tensor:
@@ -222,9 +222,10 @@ def pixel_mask(decision: SwapDecision, height: int, width: int) -> Tensor:
     if g > min(height, width):
         raise InputError(f"a grid of {g} cells per side does not fit a {height}x{width} image; "
                          f"use grid <= {min(height, width)}")
-    rows, cols = _cell_tables(height, width, g, decision.cells.device)
-    # One gather: the row and column tables broadcast to [1, H, W] cell coordinates.
-    return decision.cells[:, rows, cols]  # (B, 1, H, W)
+    b, cell_of_pixel = len(decision), _cell_of_pixel(height, width, g, decision.cells.device)
+    # One gather along the cells (index_select: about twice as fast as advanced indexing on a CPU).
+    flat = decision.cells.reshape(b, g * g).index_select(1, cell_of_pixel)  # (B, H*W)
+    return flat.view(b, 1, height, width)  # (B, 1, H, W)
 
 
 def _check_pair(x_a: Tensor, x_b: Tensor) -> None:
