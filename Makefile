@@ -32,6 +32,7 @@ natural-pair: setup  ## train, evaluate and export the CE / IPS pair in results/
 bench: setup         ## speed benchmarks whose numbers are in the README
 	$(BIN)/python benchmarks/bench_swap.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_sweep.py
 
 # No setup step: the lent GPU machine has its packages but no network, so .venv is used where it
 # exists and $(PYTHON) otherwise. There: make gpu-check ARGS="--tarball cifar10-jpeg.tgz
