@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ipskit.checks import InputError, check_int
 
-__all__ = ["main", "build_parser", "add_config_arguments", "config_from_args"]
+__all__ = ["main", "build_parser", "add_config_arguments", "config_from_args", "config_to_argv"]
 
 DEBUG_ENV = "IPSKIT_DEBUG"
 MAX_DEMO_PAIRS = 64    # swap-demo draws one figure row a pair
@@ -99,6 +99,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, multi: bool = False,
             if multi:
                 kw["nargs"] = "+"
         groups[f.metadata["group"]].add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def config_to_argv(cfg) -> list[str]:
+    """The ``ipskit train`` flags that rebuild ``cfg`` (every field, defaults included), so a
+    run can be started as its own process and its command line shown."""
+    argv = []
+    for f in dataclasses.fields(cfg):
+        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        if "bool" in str(f.type):  # --x / --no-x; an unset (None) one keeps its default
+            if value is not None:
+                argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, "none" if value is None else str(value)]
+    return argv
 
 
 def config_from_args(ns: argparse.Namespace, **overrides):

@@ -102,20 +102,30 @@ def _train_cell(cfg: TrainConfig, progress: bool = False) -> dict:
     return fit(cfg, resume=True, progress=progress, verbose=False)
 
 
-def _init_worker(threads: int) -> None:
-    """A local worker process: its share of the CPU threads (jobs x threads <= cores)."""
-    import torch
+def _train_in_process(cfg: TrainConfig, threads: int, gpu: int | None) -> dict:
+    """One sweep cell as its own ``python -m ipskit train`` process (``cfg`` as flags), with
+    ``threads`` CPU threads and, when given, only GPU ``gpu`` visible; its summary, or a
+    RuntimeError carrying the process's last line (its one-line error, or a bug's exception)."""
+    import subprocess
+    import sys
 
-    torch.set_num_threads(threads)
+    from ipskit.cli import config_to_argv
 
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    cmd = [sys.executable, "-m", "ipskit", "train", *config_to_argv(cfg), "--resume",
+           "--no-progress"]
+    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    run_dir = Path(cfg.out_dir) / cfg.run_name
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        raise RuntimeError((lines[-1] if lines else f"exit status {done.returncode}")
+                           .removeprefix("error: "))
+    from ipskit.runs import SUMMARY, read_json
 
-def _placed(cfg: TrainConfig, job: int) -> TrainConfig:
-    """Spread jobs over the visible GPUs: job k gets cuda:(k mod n) when several are there."""
-    import torch
-
-    if cfg.device in ("auto", "cuda") and torch.cuda.device_count() > 1:
-        return cfg.replace(device=f"cuda:{job % torch.cuda.device_count()}")
-    return cfg
+    return {**read_json(run_dir / SUMMARY), "run_dir": str(run_dir)}
 
 
 def _submit(todo, jobs: int, launcher: str, launcher_options: dict, folder: Path, progress: bool):
@@ -141,13 +151,17 @@ def _submit(todo, jobs: int, launcher: str, launcher_options: dict, folder: Path
             except FloatingPointError as e:  # a diverged run: recorded, the sweep goes on
                 yield i, e
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    # Each cell its own process (a crash or a leak stays in it), started from threads that
+    # only wait for it; CPU threads are split between the jobs, GPUs spread over round-robin.
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    import torch
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(_train_cell, _placed(cfg, k)): i for k, (i, cfg) in enumerate(todo)}
+    gpus = torch.cuda.device_count() if todo and todo[0][1].device in ("auto", "cuda") else 0
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = {pool.submit(_train_in_process, cfg, threads, k % gpus if gpus > 1 else None): i
+                   for k, (i, cfg) in enumerate(todo)}
         for f in as_completed(futures):
             try:
                 yield futures[f], f.result()

@@ -188,3 +188,15 @@ def test_download_says_where_the_data_is_and_what_to_run_next(tmp_path, monkeypa
         f"next: ipskit train --dataset cifar10 --data-root {root} --method ips"]
     assert main(["download", "cifar20"]) == 2
     assert "error: argument dataset: invalid choice: 'cifar20'" in capsys.readouterr().err
+
+
+def test_config_to_argv_rebuilds_the_config():
+    """Every setting survives the round trip through flags (what a sweep job is started with)."""
+    from ipskit.cli import config_to_argv
+    from ipskit.config import TrainConfig
+
+    for cfg in (TrainConfig(), TrainConfig(method="ips+cutmix", amp=True, channels_last=False,
+                                           image_size=8, name="a/b", t2_scale=True,
+                                           detach_target=False, swap_fraction=0.25, lr=0.3)):
+        argv = config_to_argv(cfg)
+        assert config_from_args(build_parser().parse_args(["train", *argv])) == cfg
