@@ -563,3 +563,28 @@ def test_fresh_clone_explores_the_shipped_natural_image_pair(app, tmp_path, monk
     table = at.dataframe[0].value
     assert set(table["run"]) == {f"{SHIPPED}/ce", f"{SHIPPED}/ips"}
     assert (table["test images"] == 300).all()
+
+
+def test_a_broken_run_is_listed_as_broken_and_the_others_still_work(app, runs_root, tmp_path):
+    """A run folder whose config.json is valid JSON but not an object used to empty the run
+    list on every page; now it is listed as broken, says why when picked, and every page works
+    on the other runs."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "demo" / "ce", root / "good")
+    shutil.copytree(runs_root / "demo" / "ips", root / "good-ips")
+    shutil.copytree(runs_root / "demo" / "ips", root / "broken")
+    (root / "broken" / "config.json").write_text("[1]")
+    at = app(root=root)
+    assert_clean(at, "IPS explorer")
+    table = at.dataframe[0].value
+    assert dict(zip(table["run"], table["status"]))["broken"] == "broken"
+    assert set(table["run"]) == {"good", "good-ips", "broken"}
+    at.switch_page("pages/5_Runs.py").run()
+    at.selectbox(key="runs_pick").set_value("broken").run()
+    assert not at.exception
+    assert len(at.error) == 1 and "config.json holds a JSON list" in at.error[0].value
+    for page, title in (("pages/1_Swap_playground.py", "Swap playground"),
+                        ("pages/2_Logit_smoothing.py", "Logit smoothing"),
+                        ("pages/3_Grad-CAM.py", "Grad-CAM")):
+        at.switch_page(page).run()
+        assert not at.exception and not at.error, (title, [e.value for e in at.error])
