@@ -100,8 +100,11 @@ def ops_rows(device, swap_fn=patch_swap):
         "augment_batch (uint8, crop 4, flip)": lambda: augment_batch(
             x_u8, AugmentSpec(4, flip=True), gen),
         "Cutout on a pair of batches": lambda: cutout([x_a, x_b], y, gen),
-        "CutMix on a pair of batches (prob 0.5)": lambda: cutmix([x_a, x_b], y, gen),
-        "MixUp on a pair of batches (prob 0.5)": lambda: mixup([x_a, x_b], y, gen),
+        # draw + apply: the path of a generator on a GPU (a CPU one skips unmixed batches)
+        "CutMix on a pair of batches (prob 0.5)": lambda: cutmix.apply(
+            [x_a, x_b], y, cutmix.draw(H, H, gen)),
+        "MixUp on a pair of batches (prob 0.5)": lambda: mixup.apply(
+            [x_a, x_b], y, mixup.draw(H, H, gen)),
     }
     rows = []
     for name, fn in calls.items():

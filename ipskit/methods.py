@@ -98,22 +98,24 @@ def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor
 
 
 @functools.lru_cache(maxsize=64)
-def _box_table(height: int, width: int, device: torch.device) -> Tensor:
-    """long [1, 4, H, W]: (i, j, -(i + 1), -(j + 1)) at pixel (i, j). Pixel (i, j) is inside the
-    box (y1, x1, y2, x2) iff all four are >= (y1, x1, -y2, -x2): one compare and one all() give
-    the masks of a whole batch of boxes."""
-    with torch.inference_mode(False):
-        i = torch.arange(height, device=device)[:, None].expand(height, width)
-        j = torch.arange(width, device=device)[None, :].expand(height, width)
-        return torch.stack([i, j, -(i + 1), -(j + 1)])[None]  # (1, 4, H, W)
+def _edge_table(size: int, device: torch.device) -> Tensor:
+    """long [2, size]: (l, -(l + 1)) for every pixel row or column l. Row l is inside
+    [start, end) iff both are >= (start, -end): one compare for both edges of every box."""
+    with torch.inference_mode(False):  # usable outside inference mode even if built inside it
+        at = torch.arange(size, device=device)
+        return torch.stack([at, -(at + 1)])
 
 
 def _box_mask(boxes: Tensor, height: int, width: int) -> Tensor:
     """bool [N, 1, H, W]: True inside each box of ``boxes`` [N, 4] (y1, x1, y2, x2), rows y1..y2-1
-    and columns x1..x2-1 (boxes may reach past the border: only pixels count)."""
+    and columns x1..x2-1 (boxes may reach past the border: only pixels count). Four kernels:
+    the rows and the columns of every box are tested at once, then crossed."""
+    n = boxes.shape[0]
     lower = boxes * _constant((1, 1, -1, -1), boxes.dtype, boxes.device)  # (y1, x1, -y2, -x2)
-    table = _box_table(height, width, boxes.device)
-    return (table >= lower[:, :, None, None]).all(dim=1, keepdim=True)  # (N, 1, H, W)
+    edges = _edge_table(max(height, width), boxes.device)  # (2, L)
+    bounds = lower.view(n, 2, 2).transpose(1, 2)[..., None]  # (N, 2, 2, 1): (y1, -y2), (x1, -x2)
+    inside = (edges >= bounds).all(dim=2)  # (N, 2, L): row l inside, column l inside
+    return inside[:, None, 0, :height, None] & inside[:, None, 1, None, :width]  # (N, 1, H, W)
 
 
 @dataclass(frozen=True)
@@ -126,10 +128,13 @@ class MixParams:
         box: float [1, 4], cutmix only: (y1, x1, y2, x2), the rows y1..y2-1 and columns
             x1..x2-1 taken from the previous row, before clipping to the image (empty when the
             batch is not mixed). The label weight follows from its clipped area.
+        mixed: float [], 1.0 if the batch is mixed at all (probability ``prob``), else 0.0;
+            already folded into ``lam`` and ``box``.
     """
 
     lam: Tensor | None = None
     box: Tensor | None = None
+    mixed: Tensor | None = None
 
 
 class TorchvisionMix(Mixer):
@@ -143,7 +148,8 @@ class TorchvisionMix(Mixer):
     Python numbers (a sync per batch on a GPU) and is kept as the reference the tests compare
     with. Whether the batch is mixed is folded into the numbers (lam = 1, an empty box), so
     targets are always [B, K] soft labels, one-hot for a batch left as it is (the same
-    cross-entropy as its class ids); ``prob = 0`` returns the batch and its class ids.
+    cross-entropy as its class ids); ``prob = 0`` returns the batch and its class ids. With a
+    CPU generator an unmixed batch is returned at once (no device is waited for to know it).
 
     Args:
         kind: "cutmix" or "mixup".
@@ -158,7 +164,8 @@ class TorchvisionMix(Mixer):
         self.transform = cls(alpha=alpha, num_classes=num_classes)
 
     def draw(self, height: int, width: int, generator: torch.Generator) -> MixParams:
-        """Draw one batch's mixing (3 kernels for MixUp, 10 for CutMix, no host sync)."""
+        """Draw one batch's mixing (3 kernels for MixUp, 8 for CutMix on square images, no host
+        sync)."""
         dev = generator.device
         f32 = torch.float32
         # 1. (lam, 1 - lam) ~ Dirichlet(alpha, alpha), as torch's Beta draws it but from our
@@ -170,15 +177,18 @@ class TorchvisionMix(Mixer):
         if self.kind == "mixup":
             # lam = 1 - mixed * (1 - lam): lam, or 1 (the batch itself) when not mixed
             return MixParams(lam=torch.addcmul(_constant(1.0, f32, dev), mixed, one_minus_lam,
-                                               value=-1))
+                                               value=-1), mixed=mixed)
         # 2. CutMix's box: half-sides floor(sqrt(1 - lam) * size / 2) (0 when not mixed: an
         #    empty box) around a centre uniform over the pixels.
         half = ((one_minus_lam * mixed).sqrt() * _constant((height / 2, width / 2), f32, dev)
                 ).floor()  # (hy, hx)
-        u = torch.rand(2, generator=generator, device=dev)
-        centre = (u * _constant((height, width), f32, dev)).floor()  # (cy, cx)
+        if height == width:  # integers uniform in 0..H-1, as torchvision draws them
+            centre = torch.randint(height, (2,), generator=generator, device=dev, dtype=f32)
+        else:
+            u = torch.rand(2, generator=generator, device=dev)
+            centre = (u * _constant((height, width), f32, dev)).floor()  # (cy, cx)
         box = torch.addcmul(centre, half, _constant(((-1, -1), (1, 1)), f32, dev))  # (2, 2)
-        return MixParams(box=box.view(1, 4))  # (cy - hy, cx - hx, cy + hy, cx + hx)
+        return MixParams(box=box.view(1, 4), mixed=mixed)  # (cy - hy, cx - hx, cy + hy, cx + hx)
 
     def apply(self, xs: list[Tensor], y: Tensor, params: MixParams) -> tuple[list[Tensor], Tensor]:
         """Apply one draw identically to every batch in ``xs`` (so pairs keep a shared label).
@@ -202,7 +212,13 @@ class TorchvisionMix(Mixer):
     def __call__(self, xs, y, generator):
         if self.prob == 0:
             return xs, y
-        return self.apply(xs, y, self.draw(xs[0].shape[2], xs[0].shape[3], generator))
+        params = self.draw(xs[0].shape[2], xs[0].shape[3], generator)
+        if generator.device.type == "cpu" and not params.mixed:
+            # Drawn on the host, the gate is read without a device sync: an unmixed batch skips
+            # the work that would give it back unchanged (apply's result: the images, one-hot
+            # labels). A generator on a GPU always takes apply's branch-free path.
+            return list(xs), _one_hot_table(self.num_classes, y.device)[y]
+        return self.apply(xs, y, params)
 
 
 @functools.lru_cache(maxsize=16)
@@ -223,10 +239,14 @@ def draw_cutout(batch_size: int, height: int, width: int, size: int,
         long [B, 4] boxes (y1, x1, y2, x2), on the generator's device.
     """
     dev = generator.device
-    cy = torch.randint(height, (batch_size, 1), generator=generator, device=dev)  # (B, 1)
-    cx = torch.randint(width, (batch_size, 1), generator=generator, device=dev)  # (B, 1)
+    if height == width:  # one draw, rows then columns: the same numbers as two on the CPU
+        centre = torch.randint(height, (2, batch_size), generator=generator, device=dev).T
+    else:
+        centre = torch.cat([torch.randint(height, (batch_size, 1), generator=generator, device=dev),
+                            torch.randint(width, (batch_size, 1), generator=generator, device=dev)],
+                           dim=1)  # (B, 2): cy, cx
     lo, hi = size // 2, size - size // 2
-    corners = torch.cat([cy, cx, cy, cx], dim=1) + _constant((-lo, -lo, hi, hi), torch.long, dev)
+    corners = torch.cat([centre, centre], dim=1) + _constant((-lo, -lo, hi, hi), torch.long, dev)
     return corners.clamp(_constant((0,) * 4, torch.long, dev),
                          _constant((height, width) * 2, torch.long, dev))  # (B, 4)
 

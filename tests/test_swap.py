@@ -358,15 +358,20 @@ def test_augment_is_at_most_10_kernels_and_never_syncs():
         assert not calls.syncs, calls.syncs
 
 
-@pytest.mark.parametrize("kind, budget", [("cutout", 10), ("mixup", 10), ("cutmix", 21)])
+@pytest.mark.parametrize("kind, budget", [("cutout", 10), ("mixup", 10), ("cutmix", 20)])
 def test_mixers_on_a_pair_of_batches_never_sync(kind, budget):
     # Cutout draws and builds its mask once for both sides; MixUp and CutMix also draw and fold
-    # in whether the batch is mixed at all (prob 0.5), then mix two batches and the labels.
+    # in whether the batch is mixed at all (prob 0.5), then mix two batches and the labels: the
+    # path of a generator on a GPU (with a CPU generator, __call__ skips unmixed batches).
     x_a, x_b = batch(B=32, H=16, W=16)
     y = torch.randint(5, (32,), generator=torch.Generator().manual_seed(0))
-    mixer = Cutout(8) if kind == "cutout" else TorchvisionMix(kind, 5, prob=0.5)
     gen = torch.Generator().manual_seed(1)
-    calls = _count(lambda: mixer([x_a, x_b], y, gen))
+    if kind == "cutout":
+        mixer = Cutout(8)
+        calls = _count(lambda: mixer([x_a, x_b], y, gen))
+    else:
+        mixer = TorchvisionMix(kind, 5, prob=0.5)
+        calls = _count(lambda: mixer.apply([x_a, x_b], y, mixer.draw(16, 16, gen)))
     assert sum(calls.kernels.values()) <= budget, calls.kernels
     assert not calls.syncs, calls.syncs
 
@@ -382,21 +387,40 @@ def _torchvision_params(params: MixParams, h: int, w: int) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["cutmix", "mixup"])
-def test_mix_applies_a_draw_as_torchvision_does(kind):
-    x_a, x_b = batch(B=8, H=10, W=14)
+@pytest.mark.parametrize("h, w", [(10, 14), (12, 12)])
+def test_mix_applies_a_draw_as_torchvision_does(kind, h, w):
+    x_a, x_b = batch(B=8, H=h, W=w)
     y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
     mixer = TorchvisionMix(kind, 5, alpha=1.0, prob=0.7)
     for seed in range(12):  # mixed and unmixed batches, boxes at the border and inside
-        params = mixer.draw(10, 14, torch.Generator().manual_seed(seed))
+        params = mixer.draw(h, w, torch.Generator().manual_seed(seed))
         (m_a, m_b), soft = mixer.apply([x_a, x_b], y, params)
-        ref = dict(_torchvision_params(params, 10, 14), labels=y, batch_size=8)
+        ref = dict(_torchvision_params(params, h, w), labels=y, batch_size=8)
         for got, x in ((m_a, x_a), (m_b, x_b)):
             torch.testing.assert_close(got, mixer.transform.transform(x, ref), rtol=0, atol=1e-6)
         torch.testing.assert_close(soft, mixer.transform.transform(y, ref), rtol=0, atol=1e-6)
 
 
-def test_cutmix_boxes_and_mix_rate_are_distributed_as_torchvision_draws_them():
-    h, w, n = 12, 20, 3000
+@pytest.mark.parametrize("kind", ["cutmix", "mixup"])
+def test_mix_with_a_cpu_generator_skips_unmixed_batches_with_the_same_result(kind):
+    x_a, x_b = batch(B=8, H=12, W=12)
+    y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    mixer = TorchvisionMix(kind, 5, prob=0.5)
+    seen = set()
+    for seed in range(16):
+        (s_a, s_b), soft = mixer([x_a, x_b], y, torch.Generator().manual_seed(seed))
+        params = mixer.draw(12, 12, torch.Generator().manual_seed(seed))
+        (r_a, r_b), ref = mixer.apply([x_a, x_b], y, params)
+        assert torch.equal(s_a, r_a) and torch.equal(s_b, r_b) and torch.equal(soft, ref)
+        seen.add(bool(params.mixed))
+        if not params.mixed:
+            assert torch.equal(s_a, x_a) and torch.equal(soft, torch.eye(5)[y])
+    assert seen == {True, False}
+
+
+@pytest.mark.parametrize("h, w", [(12, 20), (16, 16)])  # square images draw the centre as ints
+def test_cutmix_boxes_and_mix_rate_are_distributed_as_torchvision_draws_them(h, w):
+    n = 3000
     mixer = TorchvisionMix("cutmix", 5, alpha=1.0, prob=0.6)
     gen = torch.Generator().manual_seed(0)
     ours = [_torchvision_params(mixer.draw(h, w, gen), h, w) for _ in range(n)]
