@@ -122,7 +122,10 @@ def apply_augment(x: torch.Tensor, params: AugmentParams, spec: AugmentSpec) -> 
         raise InputError(f"augmentation expects a batch [B, C, H, W], got shape {tuple(x.shape)}")
     b, c, h, w = x.shape
     p, dev = spec.crop_padding, x.device
-    # 1. Pad (uint8 stays uint8 until the end: a quarter of the bytes to move).
+    # 1. Pad. uint8 stays uint8 until the end (a quarter of the bytes to move), except for
+    #    reflect and replicate, whose CUDA kernels take floats only.
+    if spec.padding_mode != "zeros":
+        x = to_float01(x)
     if p > 0:
         x = F.pad(x, (p, p, p, p), mode=_PADDING_MODES[spec.padding_mode])  # [B, C, H + 2p, W + 2p]
     # 2. Flat source index of every output pixel: the straight or mirrored table of the crop,
