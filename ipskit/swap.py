@@ -23,7 +23,8 @@ by at most one pixel and every pixel belongs to exactly one cell (nothing is dro
 
 On a GPU a swap is 9 kernels and never waits for the device: no ``.item()``, no
 data-dependent shapes, and the pixel-to-cell tables are built once per (H, W, g, device) and
-cached. It can be captured in a CUDA graph (run it once before capturing, to fill that cache).
+cached, so it can be captured in a CUDA graph (run it once before capturing, to fill that
+cache; ``python benchmarks/bench_swap.py --device cuda`` captures and replays it).
 """
 from __future__ import annotations
 
