@@ -1,6 +1,8 @@
-"""Every tutorial notebook runs top to bottom at test scale, and is committed clean.
+"""Every tutorial notebook, and the instructor's key, runs top to bottom at test scale, and is
+committed clean.
 
-The contract between this harness and ``notebooks/*.ipynb`` (also in ``notebooks/README.md``):
+The contract between this harness and ``notebooks/*.ipynb`` (also in ``notebooks/README.md``);
+the key in ``notebooks/solutions/`` follows it too, from its own folder:
 
 1. Parameters. Each notebook has exactly one code cell tagged ``parameters`` (papermill's
    convention) holding the knobs a reader changes: ``DATASET``, model, epochs, seeds, ``DEVICE``,
@@ -27,13 +29,20 @@ The contract between this harness and ``notebooks/*.ipynb`` (also in ``notebooks
    cell is markdown (what it teaches, what it needs, measured time on a 2-core CPU); a markdown
    cell with an "Exercises" heading; at least as much prose (markdown characters) as code.
 
+6. The key. ``notebooks/solutions/instructor_key.ipynb`` answers every exercise: one heading
+   ``### N.k Title`` per exercise ``k`` of notebook ``N``, with the title the tutorial gives it
+   (checked both ways, so adding, removing or renaming an exercise fails until the key follows).
+   It is executed after the tutorials, in the same shared runs root.
+
 Run just these tests:  ``.venv/bin/pytest tests/test_notebooks.py``
 One notebook:          ``.venv/bin/pytest tests/test_notebooks.py -k 03_train``
+The key:               ``.venv/bin/pytest tests/test_notebooks.py -k instructor_key``
 """
 from __future__ import annotations
 
 import ast
 import os
+import re
 import time
 from pathlib import Path
 
@@ -41,7 +50,10 @@ import nbformat
 import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+TUTORIALS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+KEY = NOTEBOOK_DIR / "solutions" / "instructor_key.ipynb"
+# The key runs last: it may find the tutorials' runs in the shared root, but never needs them.
+NOTEBOOKS = TUTORIALS + sorted((NOTEBOOK_DIR / "solutions").glob("*.ipynb"))
 CELL_TIMEOUT_S = 300  # one cell at test scale; a hung kernel fails instead of blocking CI
 
 # Explicit small values per notebook (stem -> {name: value}), injected after SCALE = "test".
@@ -191,3 +203,37 @@ def test_injection_overrides_and_checks(tmp_path: Path):
     nb.cells[2].metadata["tags"] = ["parameters"]
     with pytest.raises(ValueError, match="exactly one code cell tagged 'parameters', found 2"):
         parameters_cell_index(nb)
+
+
+def tutorial_exercises(path: Path) -> dict[str, str]:
+    """``{"N.k": title}`` of a tutorial's exercises: the ``k. **Title.**`` items after its
+    Exercises heading (a trailing full stop is dropped; a question mark is kept)."""
+    n = int(path.name[:2])
+    cells = [c.source for c in nbformat.read(path, as_version=4).cells
+             if c.cell_type == "markdown" and re.search(r"^#+ Exercises", c.source, re.M)]
+    assert len(cells) == 1, f"{path.name}: expected one markdown cell with an Exercises heading"
+    after = re.split(r"^#+ Exercises.*$", cells[0], flags=re.M)[-1]
+    return {f"{n}.{k}": title.strip().removesuffix(".")
+            for k, title in re.findall(r"^(\d+)\. \*\*(.+?)\*\*", after, flags=re.M)}
+
+
+def key_answers(path: Path) -> dict[str, str]:
+    """``{"N.k": title}`` of the key's ``### N.k Title`` headings."""
+    return {num: title.strip() for c in nbformat.read(path, as_version=4).cells
+            if c.cell_type == "markdown"
+            for num, title in re.findall(r"^### (\d+\.\d+) (.+)$", c.source, flags=re.M)}
+
+
+def test_key_answers_every_exercise():
+    """One worked answer per exercise, with the tutorial's title, and nothing else."""
+    assert KEY.exists(), f"{KEY} is missing"
+    wanted = {k: v for p in TUTORIALS for k, v in tutorial_exercises(p).items()}
+    assert len(wanted) >= len(TUTORIALS), "found almost no exercises: has their format changed?"
+    answered = key_answers(KEY)
+    missing = sorted(set(wanted) - set(answered), key=lambda k: tuple(map(int, k.split("."))))
+    extra = sorted(set(answered) - set(wanted))
+    renamed = {k: (wanted[k], answered[k]) for k in set(wanted) & set(answered)
+               if wanted[k] != answered[k]}
+    assert not missing, f"exercises without an answer in {KEY.name}: {missing}"
+    assert not extra, f"answers in {KEY.name} to exercises the tutorials lack: {extra}"
+    assert not renamed, f"titles differ (tutorial, key): {renamed}"
