@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 demo: setup          ## train CE and IPS on the built-in digits data and compare them
 	$(BIN)/ipskit demo
 
-test: setup browser  ## the whole test suite (CPU, no network)
+test: setup browser  ## lint, format check and the whole test suite (CPU, no network)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 app: setup           ## the Streamlit explorer on http://localhost:8501
@@ -48,4 +50,4 @@ browser:             ## headless Chromium for the app's browser test (Debian pac
 	  else echo "note: chromium not found; the browser test will be skipped (apt-get install chromium)"; fi; }
 
 clean-notebooks:     ## strip outputs from the notebooks before committing
-	$(BIN)/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
+	$(BIN)/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb notebooks/solutions/*.ipynb

@@ -6,9 +6,9 @@ arXiv 2505.14124) on runs trained by ``ipskit train`` / ``ipskit demo``, read fr
 ``$IPSKIT_RUNS`` (default ``runs/``), and on the runs shipped in ``results/``. With no runs of
 your own yet, this page offers to train the demo runs.
 """
-import streamlit as st
 
 import common
+import streamlit as st
 
 
 def main() -> None:
@@ -21,12 +21,21 @@ def main() -> None:
     )
     st.subheader("Pages")
     pages = [
-        ("pages/1_Swap_playground.py", "Swap playground",
-         "swap patches between two images of a class and see which side becomes the teacher"),
-        ("pages/2_Logit_smoothing.py", "Logit smoothing",
-         "confidence, entropy, calibration and class similarity of CE against IPS"),
-        ("pages/3_Grad-CAM.py", "Grad-CAM",
-         "where two models look, on test images, swapped pairs and your own image"),
+        (
+            "pages/1_Swap_playground.py",
+            "Swap playground",
+            "swap patches between two images of a class and see which side becomes the teacher",
+        ),
+        (
+            "pages/2_Logit_smoothing.py",
+            "Logit smoothing",
+            "confidence, entropy, calibration and class similarity of CE against IPS",
+        ),
+        (
+            "pages/3_Grad-CAM.py",
+            "Grad-CAM",
+            "where two models look, on test images, swapped pairs and your own image",
+        ),
         ("pages/4_Ablation.py", "Ablation", "patch grid x swap probability from a sweep"),
         ("pages/5_Runs.py", "Runs", "every run on disk: settings, curves and evaluation"),
     ]
@@ -42,16 +51,33 @@ def main() -> None:
             return
     finished = sum(r.get("status") == "finished" for r in mine)
     shipped = len(runs) - len(mine)
-    st.write(f"{len(mine)} run(s) under `{common.runs_root()}`, {finished} finished"
-             + (f"; {shipped} shipped with ipskit under `results/` (a CE / IPS pair on "
-                f"CIFAR-10 images to explore, and GPU reference runs with their numbers only)"
-                if shipped else "") + ".")
+    st.write(
+        f"{len(mine)} run(s) under `{common.runs_root()}`, {finished} finished"
+        + (
+            f"; {shipped} shipped with ipskit under `results/` (a CE / IPS pair on "
+            f"CIFAR-10 images to explore, and GPU reference runs with their numbers only)"
+            if shipped
+            else ""
+        )
+        + "."
+    )
     st.dataframe(
-        [{"run": r["name"], "method": r.get("method"), "model": r.get("model"),
-          "dataset": r.get("dataset"), "epochs": r.get("epochs_done"),
-          "test acc": r.get("test_acc"), "ECE": r.get("ece"), "status": r.get("status")}
-         for r in runs],
-        hide_index=True, width="stretch")
+        [
+            {
+                "run": r["name"],
+                "method": r.get("method"),
+                "model": r.get("model"),
+                "dataset": r.get("dataset"),
+                "epochs": r.get("epochs_done"),
+                "test acc": r.get("test_acc"),
+                "ECE": r.get("ece"),
+                "status": r.get("status"),
+            }
+            for r in runs
+        ],
+        hide_index=True,
+        width="stretch",
+    )
 
 
 common.page("IPS explorer", intro="Intra-class Patch Swap self-distillation, on your own runs")

@@ -22,13 +22,14 @@ Beside it, the explorer lists the runs shipped in the repository's ``results/`` 
 the natural-image CE / IPS pair, whose test images travel with it as ``test_sample.npz``, and
 the GPU reference runs, which keep their numbers but no weights (``has_model`` is False).
 """
+
 from __future__ import annotations
 
 import os
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import streamlit as st
@@ -74,9 +75,11 @@ def guard(body: Callable[[], None]) -> None:
         body()
     except Exception as e:  # last resort: expected bad input is handled where it happens
         where = traceback.extract_tb(e.__traceback__)[-1]
-        st.error(f"This page hit an unexpected problem: {one_line(e)} "
-                 f"({type(e).__name__} at {Path(where.filename).name}:{where.lineno}). "
-                 f"The other pages keep working.")
+        st.error(
+            f"This page hit an unexpected problem: {one_line(e)} "
+            f"({type(e).__name__} at {Path(where.filename).name}:{where.lineno}). "
+            f"The other pages keep working."
+        )
 
 
 def figure_png(fig) -> bytes:
@@ -91,9 +94,15 @@ def figure_png(fig) -> bytes:
 def download_png(fig, name: str, png: bytes | None = None) -> None:
     """A "Download PNG" button for a figure (for slides); ``name`` names the file and keys the
     button, so it must be unique on the page."""
-    st.download_button("Download PNG", png if png is not None else figure_png(fig),
-                       file_name=f"{name}.png", mime="image/png", key=f"png_{name}",
-                       on_click="ignore", icon=":material/download:")
+    st.download_button(
+        "Download PNG",
+        png if png is not None else figure_png(fig),
+        file_name=f"{name}.png",
+        mime="image/png",
+        key=f"png_{name}",
+        on_click="ignore",
+        icon=":material/download:",
+    )
 
 
 def figure(fig, name: str) -> None:
@@ -210,16 +219,21 @@ def resolve_run_dir(path: str) -> Path:
     roots = [root] + ([shipped.resolve()] if shipped is not None else [])
     p = Path(text).expanduser()
     if not p.is_absolute():
-        if shipped is not None and text.startswith(RESULTS_PREFIX) \
-                and (shipped / text[len(RESULTS_PREFIX):]).exists():
-            p = shipped / text[len(RESULTS_PREFIX):]
+        if (
+            shipped is not None
+            and text.startswith(RESULTS_PREFIX)
+            and (shipped / text[len(RESULTS_PREFIX) :]).exists()
+        ):
+            p = shipped / text[len(RESULTS_PREFIX) :]
         else:
             p = runs_root() / p if (runs_root() / p).exists() else Path.cwd() / p
     p = p.resolve()
     if not any(p == r or r in p.parents for r in roots):
-        raise ValueError(f"{text} is outside the runs folder {root}: the explorer only opens "
-                         f"runs under it or the shipped results (set {RUNS_ENV} to use "
-                         f"another folder)")
+        raise ValueError(
+            f"{text} is outside the runs folder {root}: the explorer only opens "
+            f"runs under it or the shipped results (set {RUNS_ENV} to use "
+            f"another folder)"
+        )
     if not (p / ipsruns.CONFIG).is_file():
         raise ValueError(f"{text} is not an ipskit run folder (no {ipsruns.CONFIG} in it)")
     return p
@@ -233,14 +247,25 @@ def run_label(run: dict) -> str:
     return f"{run['name']} · {run.get('method')}{extra} · {run.get('model')} · {acc_s}"
 
 
-def pick_run(label: str, runs: list[dict], key: str, index: int = 0,
-             allow_none: str | None = None, help: str | None = None) -> dict | None:
+def pick_run(
+    label: str,
+    runs: list[dict],
+    key: str,
+    index: int = 0,
+    allow_none: str | None = None,
+    help: str | None = None,
+) -> dict | None:
     """A selectbox of runs; returns the chosen run's row (None for the ``allow_none`` entry)."""
     names = ([""] if allow_none else []) + [r["name"] for r in runs]
     by_name = {r["name"]: r for r in runs}
-    choice = st.selectbox(label, names, index=min(index, len(names) - 1) if names else None,
-                          key=key, help=help,
-                          format_func=lambda n: allow_none if n == "" else run_label(by_name[n]))
+    choice = st.selectbox(
+        label,
+        names,
+        index=min(index, len(names) - 1) if names else None,
+        key=key,
+        help=help,
+        format_func=lambda n: allow_none if n == "" else run_label(by_name[n]),
+    )
     return by_name.get(choice) if choice else None
 
 
@@ -265,9 +290,11 @@ def require_runs() -> list[dict]:
 def offer_demo() -> None:
     """Say that no runs exist and offer a button training the demo runs on the CPU."""
     root = runs_root()
-    st.info(f"No runs found under `{root}`. Train the two demo runs (cross-entropy and IPS "
-            f"on the built-in digits data, about a minute on a CPU) with the button below, or "
-            f"run `ipskit demo` in a terminal.")
+    st.info(
+        f"No runs found under `{root}`. Train the two demo runs (cross-entropy and IPS "
+        f"on the built-in digits data, about a minute on a CPU) with the button below, or "
+        f"run `ipskit demo` in a terminal."
+    )
     if st.button("Train the demo runs", type="primary", key="train_demo"):
         try:
             train_demo(root / "demo")
@@ -295,16 +322,20 @@ def train_demo(out: Path) -> None:
     def work() -> None:
         try:
             result["summaries"] = sweep.run_demo(
-                out=str(out), progress=False,
-                on_epoch=lambda cfg, row: done.__setitem__(cfg.method, int(row["epoch"])))
+                out=str(out),
+                progress=False,
+                on_epoch=lambda cfg, row: done.__setitem__(cfg.method, int(row["epoch"])),
+            )
         except Exception as e:  # re-raised in the script thread below
             result["error"] = e
         finally:
             DEMO_LOCK.release()
 
     if not DEMO_LOCK.acquire(blocking=False):
-        raise RuntimeError("the demo runs are already being trained (another tab asked first); "
-                           "reload this page in a minute")
+        raise RuntimeError(
+            "the demo runs are already being trained (another tab asked first); "
+            "reload this page in a minute"
+        )
     worker = threading.Thread(target=work, name="ipskit-demo", daemon=True)
     worker.start()
     bar = st.progress(0.0, text="Starting…")
@@ -344,10 +375,15 @@ def test_split(dataset: str, image_size: int | None, root: str) -> dict:
 
     bundle = load_dataset(dataset, root=root, image_size=image_size, download=False)
     if bundle.test_x is None:
-        raise ValueError(f"{dataset} is too large to hold in memory; the explorer needs its "
-                         f"test images as one array")
-    return {"x": np.asarray(bundle.test_x), "y": np.asarray(bundle.test_y).astype(np.int64),
-            "classes": [str(c) for c in bundle.classes]}
+        raise ValueError(
+            f"{dataset} is too large to hold in memory; the explorer needs its "
+            f"test images as one array"
+        )
+    return {
+        "x": np.asarray(bundle.test_x),
+        "y": np.asarray(bundle.test_y).astype(np.int64),
+        "classes": [str(c) for c in bundle.classes],
+    }
 
 
 @st.cache_data(show_spinner=False, max_entries=6)
@@ -360,15 +396,18 @@ def run_test_split(config: dict, run_dir: str | Path | None = None) -> dict:
     dataset is not on this machine, the ``test_sample.npz`` shipped with the run (its ``note``
     says so)."""
     try:
-        return test_split(config["dataset"], config.get("image_size"),
-                          config.get("data_root") or data_root())
+        return test_split(
+            config["dataset"], config.get("image_size"), config.get("data_root") or data_root()
+        )
     except (OSError, ValueError, RuntimeError):  # missing folder, offline CIFAR
         sample = ipsruns.find_test_sample(run_dir) if run_dir is not None else None
         if sample is None:
             raise
         out = dict(_read_sample(str(sample), file_stamp(sample)))
-        out["note"] = (f"{config['dataset']} is not on this machine; showing the "
-                       f"{len(out['y'])} test images shipped with the run")
+        out["note"] = (
+            f"{config['dataset']} is not on this machine; showing the "
+            f"{len(out['y'])} test images shipped with the run"
+        )
         return out
 
 
@@ -404,8 +443,9 @@ def test_logits(run_dir: str | Path, max_samples: int = MAX_EVAL_SAMPLES) -> dic
     Returns:
         dict: ``logits`` float32 [N, K], ``labels`` int64 [N], ``classes``.
     """
-    return _test_logits(str(run_dir), file_stamp(Path(run_dir) / ipsruns.CHECKPOINT),
-                        int(max_samples))
+    return _test_logits(
+        str(run_dir), file_stamp(Path(run_dir) / ipsruns.CHECKPOINT), int(max_samples)
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -414,8 +454,10 @@ def _reports(path: str, stamp: int, max_samples: int) -> dict:
 
     out = test_logits(path, max_samples)
     logits, labels = torch.from_numpy(out["logits"]), torch.from_numpy(out["labels"])
-    return {"calibration": calibration_report(logits, labels),
-            "smoothing": smoothing_report(logits, labels)}
+    return {
+        "calibration": calibration_report(logits, labels),
+        "smoothing": smoothing_report(logits, labels),
+    }
 
 
 def reports(run_dir: str | Path, max_samples: int = MAX_EVAL_SAMPLES) -> dict:
@@ -430,8 +472,12 @@ def _cams(path: str, stamp: int, layer: str, x01: np.ndarray, targets: tuple | N
 
     model, _ = load_model(path)
     with MODEL_LOCK:  # hooks on a model other sessions share
-        maps = gradcam(model, torch.from_numpy(x01), targets=None if targets is None else list(targets),
-                       layer=model.get_layer(layer))
+        maps = gradcam(
+            model,
+            torch.from_numpy(x01),
+            targets=None if targets is None else list(targets),
+            layer=model.get_layer(layer),
+        )
     return maps.numpy()
 
 
@@ -445,5 +491,10 @@ def cams(run_dir: str | Path, layer: str, x01: torch.Tensor, targets=None) -> np
         float32 [B, H, W] in [0, 1].
     """
     t = None if targets is None else tuple(int(v) for v in targets)
-    return _cams(str(run_dir), file_stamp(Path(run_dir) / ipsruns.CHECKPOINT), layer,
-                 np.ascontiguousarray(x01.detach().float().cpu().numpy()), t)
+    return _cams(
+        str(run_dir),
+        file_stamp(Path(run_dir) / ipsruns.CHECKPOINT),
+        layer,
+        np.ascontiguousarray(x01.detach().float().cpu().numpy()),
+        t,
+    )

@@ -21,6 +21,7 @@ Usage:
                                                     # the table also as JSON
     python benchmarks/bench_swap.py --baseline /tmp/old_swap.py   # before/after, interleaved
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,17 @@ from ipskit.augment import AugmentSpec, augment_batch
 from ipskit.methods import Cutout, TorchvisionMix
 
 # Ops that need a value or a size from the device: each one waits for the GPU to catch up.
-SYNC_OPS = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.equal",
-            "aten.unique", "aten._unique", "aten._unique2", "aten.unique_consecutive",
-            "aten.unique_dim"}
+SYNC_OPS = {
+    "aten._local_scalar_dense",
+    "aten.nonzero",
+    "aten.masked_select",
+    "aten.equal",
+    "aten.unique",
+    "aten._unique",
+    "aten._unique2",
+    "aten.unique_consecutive",
+    "aten.unique_dim",
+}
 
 
 class _AtenCalls(TorchDispatchMode):
@@ -68,8 +77,12 @@ def count_ops(fn) -> dict:
     fn()
     with _AtenCalls() as calls:
         fn()
-    return {"kernels": sum(calls.kernels.values()), "views": calls.views, "syncs": calls.syncs,
-            "ops": dict(calls.kernels)}
+    return {
+        "kernels": sum(calls.kernels.values()),
+        "views": calls.views,
+        "syncs": calls.syncs,
+        "ops": dict(calls.kernels),
+    }
 
 
 def cuda_sync_check(fn) -> str:
@@ -98,13 +111,16 @@ def ops_rows(device, swap_fn=patch_swap):
     calls = {
         "patch_swap (grid 8, pr 0.5)": lambda: swap_fn(x_a, x_b, grid=8, pr=0.5, generator=gen),
         "augment_batch (uint8, crop 4, flip)": lambda: augment_batch(
-            x_u8, AugmentSpec(4, flip=True), gen),
+            x_u8, AugmentSpec(4, flip=True), gen
+        ),
         "Cutout on a pair of batches": lambda: cutout([x_a, x_b], y, gen),
         # draw + apply: the path of a generator on a GPU (a CPU one skips unmixed batches)
         "CutMix on a pair of batches (prob 0.5)": lambda: cutmix.apply(
-            [x_a, x_b], y, cutmix.draw(H, H, gen)),
+            [x_a, x_b], y, cutmix.draw(H, H, gen)
+        ),
         "MixUp on a pair of batches (prob 0.5)": lambda: mixup.apply(
-            [x_a, x_b], y, mixup.draw(H, H, gen)),
+            [x_a, x_b], y, mixup.draw(H, H, gen)
+        ),
     }
     rows = []
     for name, fn in calls.items():
@@ -161,8 +177,10 @@ def loop_swap(x_a, x_b, patch, pr):
             tmp = pa[i, :, cols].clone()
             pa[i, :, cols] = pb[i, :, cols]
             pb[i, :, cols] = tmp
-    return (F.fold(pa, (H, W), kernel_size=patch, stride=patch),
-            F.fold(pb, (H, W), kernel_size=patch, stride=patch))
+    return (
+        F.fold(pa, (H, W), kernel_size=patch, stride=patch),
+        F.fold(pb, (H, W), kernel_size=patch, stride=patch),
+    )
 
 
 def timed(fn, device):
@@ -205,35 +223,65 @@ def bench_case(B, C, H, grid, device, rounds, pr=0.5, baseline=None):
 
 def bench_sampler(n=50_000, classes=100, rounds=7):
     labels = np.random.default_rng(0).integers(0, classes, n)
-    ts = [timed(lambda: SameClassPairSampler(labels, 128), torch.device("cpu")) for _ in range(rounds)]
+    ts = [
+        timed(lambda: SameClassPairSampler(labels, 128), torch.device("cpu")) for _ in range(rounds)
+    ]
     s = SameClassPairSampler(labels, 128)
     te = [timed(lambda: s.epoch_pairs(1), torch.device("cpu")) for _ in range(rounds)]
     return statistics.median(ts) * 1e3, statistics.median(te) * 1e3
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved timing rounds per size (default: 15, or 3 with --quick)")
-    p.add_argument("--quick", action="store_true",
-                   help="32x32 sizes only and 3 rounds: a smoke run in seconds, not a measurement")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved timing rounds per size (default: 15, or 3 with --quick)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="32x32 sizes only and 3 rounds: a smoke run in seconds, not a measurement",
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--baseline", default=None, metavar="SWAP_PY",
-                   help="also time (and count the ops of) patch_swap from this swap.py, e.g. "
-                        "the version before a change, in the same interleaved rounds")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="SWAP_PY",
+        help="also time (and count the ops of) patch_swap from this swap.py, e.g. "
+        "the version before a change, in the same interleaved rounds",
+    )
     args = p.parse_args()
     args.rounds = args.rounds or (3 if args.quick else 15)
     device = torch.device(args.device)
     random.seed(0)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# patch swap benchmark on {name} (torch {torch.__version__}); median ms of "
-          f"{args.rounds} interleaved rounds, pr=0.5\n")
+    name = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"# patch swap benchmark on {name} (torch {torch.__version__}); median ms of "
+        f"{args.rounds} interleaved rounds, pr=0.5\n"
+    )
     baseline = load_swap(args.baseline) if args.baseline else None
-    cols = ["ipskit", *(["baseline"] if baseline else []), "loop", "floor",
-            *(["graph"] if device.type == "cuda" else [])]
-    print("| batch | image | grid | " + " | ".join(f"{c} ms" for c in cols)
-          + " | ipskit / floor | loop / ipskit |" + (" ipskit / baseline |" if baseline else ""))
+    cols = [
+        "ipskit",
+        *(["baseline"] if baseline else []),
+        "loop",
+        "floor",
+        *(["graph"] if device.type == "cuda" else []),
+    ]
+    print(
+        "| batch | image | grid | "
+        + " | ".join(f"{c} ms" for c in cols)
+        + " | ipskit / floor | loop / ipskit |"
+        + (" ipskit / baseline |" if baseline else "")
+    )
     print("|---:|---|---:|" + "---:|" * (len(cols) + 2 + bool(baseline)))
     cases = [(64, 3, 32, 8), (256, 3, 32, 8), (1024, 3, 32, 8), (64, 3, 224, 2), (256, 3, 224, 2)]
     if args.quick:
@@ -241,43 +289,77 @@ def main():
     rows, notes = [], set()
     for B, C, H, g in cases:
         r, extra = bench_case(B, C, H, g, device, args.rounds, baseline=baseline)
-        rows.append({"batch": B, "image": [C, H, H], "grid": g,
-                     **{f"{k}_ms": v for k, v in r.items()}, **extra})
+        rows.append(
+            {
+                "batch": B,
+                "image": [C, H, H],
+                "grid": g,
+                **{f"{k}_ms": v for k, v in r.items()},
+                **extra,
+            }
+        )
         if "graph_error" in extra:
             notes.add(f"CUDA graph capture failed: {extra['graph_error']}")
         elif extra.get("graph_draws_move_on") is False:
             notes.add("CUDA graph: two replays drew the same cells (the generator did not move on)")
-        print(f"| {B} | {C}x{H}x{H} | {g} | "
-              + " | ".join(f"{r[c]:.3f}" if c in r else "n/a" for c in cols)
-              + f" | {r['ipskit'] / r['floor']:.2f}x | {r['loop'] / r['ipskit']:.1f}x |"
-              + (f" {r['ipskit'] / r['baseline']:.2f}x |" if baseline else ""), flush=True)
+        print(
+            f"| {B} | {C}x{H}x{H} | {g} | "
+            + " | ".join(f"{r[c]:.3f}" if c in r else "n/a" for c in cols)
+            + f" | {r['ipskit'] / r['floor']:.2f}x | {r['loop'] / r['ipskit']:.1f}x |"
+            + (f" {r['ipskit'] / r['baseline']:.2f}x |" if baseline else ""),
+            flush=True,
+        )
     for note in sorted(notes):
         print(f"\n{note}")
 
     ops = ops_rows(device)
-    print("\nOps per call (ATen calls of one call after a warm-up; kernels compute, views only "
-          "change metadata; syncs wait for the device):\n")
+    print(
+        "\nOps per call (ATen calls of one call after a warm-up; kernels compute, views only "
+        "change metadata; syncs wait for the device):\n"
+    )
     sync_col = " | CUDA sync debug" if device.type == "cuda" else ""
     print(f"| op | kernels | views | host syncs{sync_col} |")
     print("|---|---:|---:|---:|" + ("---|" if sync_col else ""))
     for row in ops:
-        print(f"| {row['op']} | {row['kernels']} | {row['views']} | {row['syncs']}"
-              + (f" | {row['cuda_syncs']}" if sync_col else "") + " |")
+        print(
+            f"| {row['op']} | {row['kernels']} | {row['views']} | {row['syncs']}"
+            + (f" | {row['cuda_syncs']}" if sync_col else "")
+            + " |"
+        )
     if baseline:
         old = ops_rows(device, baseline)[0]
         ops.append({**old, "op": f"baseline {old['op']}"})
-        print(f"| baseline patch_swap ({args.baseline}) | {old['kernels']} | {old['views']} | "
-              f"{old['syncs']}" + (f" | {old['cuda_syncs']}" if sync_col else "") + " |")
+        print(
+            f"| baseline patch_swap ({args.baseline}) | {old['kernels']} | {old['views']} | "
+            f"{old['syncs']}" + (f" | {old['cuda_syncs']}" if sync_col else "") + " |"
+        )
     build, epoch = bench_sampler(rounds=3 if args.quick else 7)
-    print(f"\nSameClassPairSampler, 50,000 labels / 100 classes: build {build:.1f} ms, "
-          f"one epoch of pairs {epoch:.1f} ms")
+    print(
+        f"\nSameClassPairSampler, 50,000 labels / 100 classes: build {build:.1f} ms, "
+        f"one epoch of pairs {epoch:.1f} ms"
+    )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": str(device), "device_name": name, "torch": torch.__version__,
-                       "rounds": args.rounds, "pr": 0.5, "swap": rows, "ops": ops,
-                       "baseline": args.baseline,
-                       "sampler": {"labels": 50_000, "classes": 100, "build_ms": build,
-                                   "epoch_ms": epoch}}, f, indent=1)
+            json.dump(
+                {
+                    "device": str(device),
+                    "device_name": name,
+                    "torch": torch.__version__,
+                    "rounds": args.rounds,
+                    "pr": 0.5,
+                    "swap": rows,
+                    "ops": ops,
+                    "baseline": args.baseline,
+                    "sampler": {
+                        "labels": 50_000,
+                        "classes": 100,
+                        "build_ms": build,
+                        "epoch_ms": epoch,
+                    },
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ OpenMP threads in one process can crawl when the cores are shared): say so with 
     OMP_NUM_THREADS=1 python benchmarks/bench_sweep.py --rounds 3 --json sweep.json
     python benchmarks/bench_sweep.py --quick              # 1 round of 1-epoch smallcnn runs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,24 +34,62 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-METRICS = ("epoch", "train_loss", "train_ce", "train_kd", "train_acc", "test_acc", "test_loss",
-           "ece", "mean_max_prob")  # wall_time_s differs by nature
+METRICS = (
+    "epoch",
+    "train_loss",
+    "train_ce",
+    "train_kd",
+    "train_acc",
+    "test_acc",
+    "test_loss",
+    "ece",
+    "mean_max_prob",
+)  # wall_time_s differs by nature
 
 
 def sweep_command(out_dir: Path, jobs: int, model: str, epochs: int) -> list[str]:
     """The ``ipskit sweep`` command of one timing: 4 runs (ce, ips x seeds 0, 1) on digits."""
-    return [sys.executable, "-m", "ipskit", "sweep", "--name", "bench", "--out-dir", str(out_dir),
-            "--dataset", "digits", "--model", model, "--epochs", str(epochs),
-            "--method", "ce", "ips", "--seed", "0", "1", "--jobs", str(jobs), "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "ipskit",
+        "sweep",
+        "--name",
+        "bench",
+        "--out-dir",
+        str(out_dir),
+        "--dataset",
+        "digits",
+        "--model",
+        model,
+        "--epochs",
+        str(epochs),
+        "--method",
+        "ce",
+        "ips",
+        "--seed",
+        "0",
+        "1",
+        "--jobs",
+        str(jobs),
+        "--no-progress",
+    ]
 
 
 def timed_sweep(out_dir: Path, jobs: int, model: str, epochs: int) -> tuple[float, list[dict]]:
     """(wall seconds, rows of results.csv) of one sweep into a fresh ``out_dir``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
     t0 = time.perf_counter()
-    proc = subprocess.run(sweep_command(out_dir, jobs, model, epochs), cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        sweep_command(out_dir, jobs, model, epochs),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
@@ -64,25 +103,43 @@ def timed_sweep(out_dir: Path, jobs: int, model: str, epochs: int) -> tuple[floa
 
 def compare_tables(a: list[dict], b: list[dict]) -> tuple[bool, float]:
     """(same rows apart from the metrics and wall times, largest |difference| of a metric)."""
+
     def key(r):
         return {k: v for k, v in r.items() if k not in METRICS and k != "wall_time_s"}
 
     same = len(a) == len(b) and all(key(x) == key(y) for x, y in zip(a, b))
-    diff = max((abs(float(x[m]) - float(y[m])) for x, y in zip(a, b) for m in METRICS
-                if x.get(m) not in (None, "") and y.get(m) not in (None, "")), default=0.0)
+    diff = max(
+        (
+            abs(float(x[m]) - float(y[m]))
+            for x, y in zip(a, b)
+            for m in METRICS
+            if x.get(m) not in (None, "") and y.get(m) not in (None, "")
+        ),
+        default=0.0,
+    )
     return same, diff
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--jobs", type=int, default=2, help="the parallel side (default 2)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved rounds (default 2, or 1 with --quick)")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="interleaved rounds (default 2, or 1 with --quick)"
+    )
     p.add_argument("--model", default=None, help="default resnet8 (smallcnn with --quick)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs per run (default 15: 10-20 s a run on 2 cores; 1 with --quick)")
-    p.add_argument("--quick", action="store_true",
-                   help="1 round of 1-epoch smallcnn runs: a smoke run, not a measurement")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs per run (default 15: 10-20 s a run on 2 cores; 1 with --quick)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 round of 1-epoch smallcnn runs: a smoke run, not a measurement",
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     args = p.parse_args()
     if args.jobs < 2:
@@ -91,9 +148,12 @@ def main():
     model = args.model or ("smallcnn" if args.quick else "resnet8")
     epochs = args.epochs or (1 if args.quick else 15)
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    print(f"# ipskit sweep --jobs 1 vs --jobs {args.jobs}: 4 runs (digits, {model}, {epochs} "
-          f"epochs, ce and ips x seeds 0 and 1); {os.cpu_count()} cores, OMP_NUM_THREADS="
-          f"{threads}; median wall s of {rounds} interleaved round(s)\n", flush=True)
+    print(
+        f"# ipskit sweep --jobs 1 vs --jobs {args.jobs}: 4 runs (digits, {model}, {epochs} "
+        f"epochs, ce and ips x seeds 0 and 1); {os.cpu_count()} cores, OMP_NUM_THREADS="
+        f"{threads}; median wall s of {rounds} interleaved round(s)\n",
+        flush=True,
+    )
     walls: dict[int, list[float]] = {1: [], args.jobs: []}
     tables: dict[int, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
@@ -108,19 +168,35 @@ def main():
     same, diff = compare_tables(tables[1], tables[args.jobs])
     # each run's own training time, as its table row reports it (no start-up, no data loading)
     run_s = {j: statistics.median(float(r["wall_time_s"]) for r in tables[j]) for j in tables}
-    print(f"\n| jobs | wall s | speed-up | median run s (training only) |\n|---:|---:|---:|---:|\n"
-          f"| 1 | {t1:.1f} | 1.00x | {run_s[1]:.1f} |\n"
-          f"| {args.jobs} | {tn:.1f} | {t1 / tn:.2f}x | {run_s[args.jobs]:.1f} |")
-    print(f"\nsame table (settings, status, run folders, order): {'yes' if same else 'NO'}; "
-          f"metrics {'identical' if diff == 0 else f'differ by at most {diff:.2g}'}")
+    print(
+        f"\n| jobs | wall s | speed-up | median run s (training only) |\n|---:|---:|---:|---:|\n"
+        f"| 1 | {t1:.1f} | 1.00x | {run_s[1]:.1f} |\n"
+        f"| {args.jobs} | {tn:.1f} | {t1 / tn:.2f}x | {run_s[args.jobs]:.1f} |"
+    )
+    print(
+        f"\nsame table (settings, status, run folders, order): {'yes' if same else 'NO'}; "
+        f"metrics {'identical' if diff == 0 else f'differ by at most {diff:.2g}'}"
+    )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"jobs": args.jobs, "rounds": rounds, "model": model, "epochs": epochs,
-                       "cores": os.cpu_count(), "omp_num_threads": threads,
-                       "wall_s": {str(k): v for k, v in walls.items()},
-                       "median_s": {"1": t1, str(args.jobs): tn}, "speedup": t1 / tn,
-                       "median_run_train_s": {str(k): v for k, v in run_s.items()},
-                       "same_rows": same, "max_metric_diff": diff}, f, indent=1)
+            json.dump(
+                {
+                    "jobs": args.jobs,
+                    "rounds": rounds,
+                    "model": model,
+                    "epochs": epochs,
+                    "cores": os.cpu_count(),
+                    "omp_num_threads": threads,
+                    "wall_s": {str(k): v for k, v in walls.items()},
+                    "median_s": {"1": t1, str(args.jobs): tn},
+                    "speedup": t1 / tn,
+                    "median_run_train_s": {str(k): v for k, v in run_s.items()},
+                    "same_rows": same,
+                    "max_metric_diff": diff,
+                },
+                f,
+                indent=1,
+            )
     if not same:
         raise SystemExit("the two sweeps wrote different tables")
 

@@ -21,6 +21,7 @@ On CUDA the steps run as training runs them by default: bf16 autocast and channe
 (``--no-amp``, ``--no-channels-last`` to turn them off). ``--quick`` (3 rounds of 3 steps, the
 epoch comparison on at most 1,024 training images) is a smoke run, not a measurement.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ def _setup(cfg: TrainConfig, device: torch.device, channels_last: bool = False):
     data = prepare_data(cfg, device)
     b = data.bundle
     torch.manual_seed(0)
-    model = build_model(cfg.model, b.num_classes, b.in_channels, b.image_size, b.mean,
-                        b.std).to(device)
+    model = build_model(cfg.model, b.num_classes, b.in_channels, b.image_size, b.mean, b.std).to(
+        device
+    )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = build_method(cfg, b.num_classes, b.image_size, b.mean)
@@ -63,16 +65,25 @@ def _setup(cfg: TrainConfig, device: torch.device, channels_last: bool = False):
     return data, model, method, opt, sched
 
 
-def step_times(base: TrainConfig, device, rounds: int, steps: int, amp: bool = False,
-               channels_last: bool = False) -> dict[str, float]:
+def step_times(
+    base: TrainConfig,
+    device,
+    rounds: int,
+    steps: int,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> dict[str, float]:
     """Median seconds per optimisation step (data already on the device): ce and ips at
     batch B, and ce at 2B images (the same images per step as ips: its floor on this machine,
     since a model rarely costs exactly 2x at twice the batch). ``amp``: bf16 autocast;
     ``channels_last``: model and batch in channels-last memory format (as training does)."""
     sides = {}
     b = base.batch_size
-    for name, cfg in (("ce", base.replace(method="ce")), ("ips", base.replace(method="ips")),
-                      (f"ce, batch {2 * b}", base.replace(method="ce", batch_size=2 * b))):
+    for name, cfg in (
+        ("ce", base.replace(method="ce")),
+        ("ips", base.replace(method="ips")),
+        (f"ce, batch {2 * b}", base.replace(method="ce", batch_size=2 * b)),
+    ):
         data, model, method, opt, _ = _setup(cfg, device, channels_last)
         data.train_loader.set_epoch(1)
         x, y = next(iter(data.train_loader))  # one fixed batch: B (ce) or 2B (ips) images
@@ -103,12 +114,16 @@ def step_times(base: TrainConfig, device, rounds: int, steps: int, amp: bool = F
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def epoch_times(base: TrainConfig, device, rounds: int, amp: bool = False,
-                channels_last: bool = False) -> dict[str, tuple[float, float]]:
+def epoch_times(
+    base: TrainConfig, device, rounds: int, amp: bool = False, channels_last: bool = False
+) -> dict[str, tuple[float, float]]:
     """Median seconds per epoch, fast path vs DataLoader: (data only, full training epoch)."""
-    sides = {"in-memory fast path": _setup(base.replace(fast_path=True), device, channels_last),
-             f"DataLoader ({base.num_workers} workers)": _setup(base.replace(fast_path=False),
-                                                                device, channels_last)}
+    sides = {
+        "in-memory fast path": _setup(base.replace(fast_path=True), device, channels_last),
+        f"DataLoader ({base.num_workers} workers)": _setup(
+            base.replace(fast_path=False), device, channels_last
+        ),
+    }
     gen = torch.Generator(device=device).manual_seed(0)
     times = {name: ([], []) for name in sides}
     for r in range(rounds + 1):  # round 0 warms up
@@ -117,19 +132,29 @@ def epoch_times(base: TrainConfig, device, rounds: int, amp: bool = False,
                 s.set_epoch(r)
             _sync(device)
             t = time.perf_counter()
-            for x, y in data.train_loader:  # the data pipeline alone
+            for x, _ in data.train_loader:  # the data pipeline alone
                 x.to(device).sum()
             _sync(device)
             t_data = time.perf_counter() - t
             t = time.perf_counter()
-            train_one_epoch(model, method, data.train_loader, opt, sched, gen, r, device,
-                            amp=amp, channels_last=channels_last, progress=False)
+            train_one_epoch(
+                model,
+                method,
+                data.train_loader,
+                opt,
+                sched,
+                gen,
+                r,
+                device,
+                amp=amp,
+                channels_last=channels_last,
+                progress=False,
+            )
             _sync(device)
             if r:
                 times[name][0].append(t_data)
                 times[name][1].append(time.perf_counter() - t)
-    return {name: (statistics.median(d), statistics.median(e))
-            for name, (d, e) in times.items()}
+    return {name: (statistics.median(d), statistics.median(e)) for name, (d, e) in times.items()}
 
 
 def main() -> None:
@@ -137,24 +162,52 @@ def main() -> None:
     p.add_argument("--dataset", default="digits")
     p.add_argument("--model", default="resnet8")
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, nargs="+", default=[64],
-                   help="one or more batch sizes, one step table each (default: 64)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[64],
+        help="one or more batch sizes, one step table each (default: 64)",
+    )
     p.add_argument("--device", default="auto")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved rounds (median; default: 7, or 3 with --quick)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="steps per round (step times; default: 10, or 3 with --quick)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved rounds (median; default: 7, or 3 with --quick)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per round (step times; default: 10, or 3 with --quick)",
+    )
     p.add_argument("--epoch-method", default="ce", help="method for the epoch comparison")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on for CUDA, as in training)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels-last memory format (default: on for CUDA, as in training)")
-    p.add_argument("--max-train-samples", type=int, default=None,
-                   help="training images in the epoch comparison (default: all, or at most "
-                   "1,024 with --quick)")
-    p.add_argument("--quick", action="store_true",
-                   help="3 rounds of 3 steps, a small epoch comparison: a smoke run in seconds")
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (default: on for CUDA, as in training)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last memory format (default: on for CUDA, as in training)",
+    )
+    p.add_argument(
+        "--max-train-samples",
+        type=int,
+        default=None,
+        help="training images in the epoch comparison (default: all, or at most "
+        "1,024 with --quick)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 rounds of 3 steps, a small epoch comparison: a smoke run in seconds",
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     a = p.parse_args()
     a.rounds = a.rounds or (3 if a.quick else 7)
@@ -162,44 +215,84 @@ def main() -> None:
     device = resolve_device(a.device)
     amp = device.type == "cuda" if a.amp is None else a.amp
     channels_last = device.type == "cuda" if a.channels_last is None else a.channels_last
-    base = TrainConfig(dataset=a.dataset, model=a.model, image_size=a.image_size,
-                       batch_size=a.batch_size[0], num_workers=a.num_workers, device=str(device),
-                       grid=4)
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{torch.get_num_threads()} threads")
-    print(f"{a.model} on {a.dataset}, batch {', '.join(map(str, a.batch_size))}, {device} "
-          f"({name}), amp {amp}, channels-last {channels_last}, {a.rounds} interleaved rounds "
-          f"(medians)\n")
-    report = {"model": a.model, "dataset": a.dataset, "device": str(device), "device_name": name,
-              "torch": torch.__version__, "amp": amp, "channels_last": channels_last,
-              "rounds": a.rounds, "steps_per_round": a.steps, "steps": []}
+    base = TrainConfig(
+        dataset=a.dataset,
+        model=a.model,
+        image_size=a.image_size,
+        batch_size=a.batch_size[0],
+        num_workers=a.num_workers,
+        device=str(device),
+        grid=4,
+    )
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"{a.model} on {a.dataset}, batch {', '.join(map(str, a.batch_size))}, {device} "
+        f"({name}), amp {amp}, channels-last {channels_last}, {a.rounds} interleaved rounds "
+        f"(medians)\n"
+    )
+    report = {
+        "model": a.model,
+        "dataset": a.dataset,
+        "device": str(device),
+        "device_name": name,
+        "torch": torch.__version__,
+        "amp": amp,
+        "channels_last": channels_last,
+        "rounds": a.rounds,
+        "steps_per_round": a.steps,
+        "steps": [],
+    }
     for batch in a.batch_size:
-        st = step_times(base.replace(batch_size=batch), device, a.rounds, a.steps, amp,
-                        channels_last)
+        st = step_times(
+            base.replace(batch_size=batch), device, a.rounds, a.steps, amp, channels_last
+        )
         floor = st[f"ce, batch {2 * batch}"]
-        print(f"| method (batch {batch}) | ms / step | x ce | x ce at 2x batch |\n"
-              f"| --- | --- | --- | --- |")
+        print(
+            f"| method (batch {batch}) | ms / step | x ce | x ce at 2x batch |\n"
+            f"| --- | --- | --- | --- |"
+        )
         for side, t in st.items():
             print(f"| {side} | {1000 * t:.1f} | {t / st['ce']:.2f} | {t / floor:.2f} |")
         print(flush=True)
-        report["steps"].append({"batch_size": batch, "ce_ms": 1000 * st["ce"],
-                                "ips_ms": 1000 * st["ips"], "ce_2x_batch_ms": 1000 * floor,
-                                "ips_over_ce": st["ips"] / st["ce"],
-                                "ips_over_ce_2x_batch": st["ips"] / floor})
-    print("ips forwards and back-propagates 2 images per sample: 2.00x the work of ce, and "
-          "exactly the work of ce at twice the batch (the last column: IPS's own overhead).\n")
+        report["steps"].append(
+            {
+                "batch_size": batch,
+                "ce_ms": 1000 * st["ce"],
+                "ips_ms": 1000 * st["ips"],
+                "ce_2x_batch_ms": 1000 * floor,
+                "ips_over_ce": st["ips"] / st["ce"],
+                "ips_over_ce_2x_batch": st["ips"] / floor,
+            }
+        )
+    print(
+        "ips forwards and back-propagates 2 images per sample: 2.00x the work of ce, and "
+        "exactly the work of ce at twice the batch (the last column: IPS's own overhead).\n"
+    )
     limit = a.max_train_samples or (1024 if a.quick else None)
-    et = epoch_times(base.replace(method=a.epoch_method, max_train_samples=limit), device,
-                     a.rounds, amp, channels_last)
+    et = epoch_times(
+        base.replace(method=a.epoch_method, max_train_samples=limit),
+        device,
+        a.rounds,
+        amp,
+        channels_last,
+    )
     fast_d, fast_e = next(iter(et.values()))
-    print(f"| {a.epoch_method} epoch fed by | data only, s | x fast | training epoch, s "
-          f"| x fast |\n| --- | --- | --- | --- | --- |")
+    print(
+        f"| {a.epoch_method} epoch fed by | data only, s | x fast | training epoch, s "
+        f"| x fast |\n| --- | --- | --- | --- | --- |"
+    )
     for side, (d, e) in et.items():
         print(f"| {side} | {d:.3f} | {d / fast_d:.1f} | {e:.2f} | {e / fast_e:.2f} |")
-    report["epochs"] = {"method": a.epoch_method, "batch_size": a.batch_size[0],
-                        "max_train_samples": limit,
-                        "pipelines": [{"pipeline": side, "data_s": d, "epoch_s": e}
-                                      for side, (d, e) in et.items()]}
+    report["epochs"] = {
+        "method": a.epoch_method,
+        "batch_size": a.batch_size[0],
+        "max_train_samples": limit,
+        "pipelines": [{"pipeline": side, "data_s": d, "epoch_s": e} for side, (d, e) in et.items()],
+    }
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report, f, indent=1)

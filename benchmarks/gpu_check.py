@@ -46,6 +46,7 @@ made from scikit-learn's digits (16x16 RGB JPEGs, 300 train / 80 test), smallcnn
 256 training images, ce and ips x 2 seeds, 2 jobs at once, the benchmarks at their quickest
 and the CUDA tests invoked (all skipped without a GPU). tests/test_gpu_check.py runs it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,29 +91,70 @@ class Scale:
 
 
 FULL = Scale(
-    device="cuda", jobs=6, budget_s=450, model="resnet18", epochs=15, batch_size=128, lr=0.1,
-    image_size=None, max_train_samples=None,
-    runs=(*((m, s) for m in ("ce", "ips") for s in (0, 1, 2)),
-          *((m, 0) for m in ("label_smoothing", "cskd", "cutmix", "mixup", "ips+cutmix"))),
+    device="cuda",
+    jobs=6,
+    budget_s=450,
+    model="resnet18",
+    epochs=15,
+    batch_size=128,
+    lr=0.1,
+    image_size=None,
+    max_train_samples=None,
+    runs=(
+        *((m, s) for m in ("ce", "ips") for s in (0, 1, 2)),
+        *((m, 0) for m in ("label_smoothing", "cskd", "cutmix", "mixup", "ips+cutmix")),
+    ),
     bench_swap=(),
-    bench_train=("--model", "resnet18", "--batch-size", "128", "256", "512", "--rounds", "5",
-                 "--steps", "10", "--max-train-samples", "4096"),
+    bench_train=(
+        "--model",
+        "resnet18",
+        "--batch-size",
+        "128",
+        "256",
+        "512",
+        "--rounds",
+        "5",
+        "--steps",
+        "10",
+        "--max-train-samples",
+        "4096",
+    ),
     eval_flags=("--max-samples", "2000"),
     # Measured on an H200: a 15-epoch ResNet-18 run 75-100 s alone, 100-190 s with 4-6 sharing.
     caps={"data": 120, "bench": 90, "tests": 240, "compare": 40},
-    floors={"runs": 200, "compare": 30})
+    floors={"runs": 200, "compare": 30},
+)
 
 TINY = Scale(
-    device="cpu", jobs=2, budget_s=600, model="smallcnn", epochs=1, batch_size=32, lr=0.05,
-    image_size=16, max_train_samples=256,
+    device="cpu",
+    jobs=2,
+    budget_s=600,
+    model="smallcnn",
+    epochs=1,
+    batch_size=32,
+    lr=0.05,
+    image_size=16,
+    max_train_samples=256,
     runs=(("ce", 0), ("ce", 1), ("ips", 0), ("ips", 1)),
     bench_swap=("--quick",),
     bench_train=("--model", "smallcnn", "--batch-size", "16", "--quick"),
-    eval_flags=("--max-samples", "100", "--epsilons", "0", "0.01", "--corruptions",
-                "gaussian_noise", "contrast", "--severities", "1", "3"),
+    eval_flags=(
+        "--max-samples",
+        "100",
+        "--epsilons",
+        "0",
+        "0.01",
+        "--corruptions",
+        "gaussian_noise",
+        "contrast",
+        "--severities",
+        "1",
+        "3",
+    ),
     # Generous: a rehearsal on a busy 2-core machine takes 1-2 minutes and must not time out.
     caps={"data": 120, "bench": 120, "tests": 300, "compare": 120},
-    floors={"runs": 60, "compare": 20})
+    floors={"runs": 60, "compare": 20},
+)
 
 
 def run_name(method: str, seed: int) -> str:
@@ -149,8 +191,9 @@ class Job:
         self.out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(map(str, self.cmd))}\n")
         self.out.flush()
         self.start, self.status = time.monotonic(), "running"
-        self.proc = subprocess.Popen([str(c) for c in self.cmd], cwd=ROOT, env=env,
-                                     stdout=self.out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [str(c) for c in self.cmd], cwd=ROOT, env=env, stdout=self.out, stderr=subprocess.STDOUT
+        )
 
     def end(self, status: str) -> None:
         if self.proc.poll() is None:  # stop it: politely, then for sure
@@ -171,8 +214,9 @@ class Job:
             return ""
 
 
-def run_jobs(queue: list, slots: int, deadline: float, env: dict, on_done=None,
-             extra: tuple = ()) -> None:
+def run_jobs(
+    queue: list, slots: int, deadline: float, env: dict, on_done=None, extra: tuple = ()
+) -> None:
     """Run queued jobs, at most ``slots`` at once, until all end or ``deadline`` passes.
 
     ``extra`` jobs start at once, outside the slots. A job past its own timeout or the
@@ -189,13 +233,21 @@ def run_jobs(queue: list, slots: int, deadline: float, env: dict, on_done=None,
                 queue[0].begin(env)
                 running.append(queue.pop(0))
             ended = [j for j in running if j.proc.poll() is not None]
-            late = [j for j in running if j not in ended
-                    and (now >= deadline or now - j.start > j.timeout)]
+            late = [
+                j
+                for j in running
+                if j not in ended and (now >= deadline or now - j.start > j.timeout)
+            ]
             for job in late:  # all asked to stop first, so none waits on another
                 job.proc.terminate()
             for job in ended + late:
-                job.end("timeout" if job in late else "finished" if job.proc.returncode == 0
-                        else "failed")
+                job.end(
+                    "timeout"
+                    if job in late
+                    else "finished"
+                    if job.proc.returncode == 0
+                    else "failed"
+                )
                 running.remove(job)
                 if on_done is not None:
                     on_done(job)
@@ -237,10 +289,15 @@ class Check:
         self.runs: dict[str, dict] = {}  # name -> method, seed, train / eval Job
         self.info: dict = {}
         threads = max(1, (os.cpu_count() or 1) // self.jobs)  # no oversubscribed CPU ops
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg",
-                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
-                    "PYTHONPATH": os.pathsep.join(
-                        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "MPLBACKEND": "Agg",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+            ),
+        }
 
     # ----- helpers
     def say(self, message: str) -> None:
@@ -248,7 +305,7 @@ class Check:
 
     def time_for(self, stage: str) -> float:
         """Seconds ``stage`` may take: its cap, less what it must leave the later stages."""
-        later = STAGES[STAGES.index(stage) + 1:]
+        later = STAGES[STAGES.index(stage) + 1 :]
         reserve = sum(self.scale.floors.get(s, 0) for s in later if s in self.stages_wanted)
         left = self.deadline - time.monotonic() - reserve
         return min(self.scale.caps.get(stage, math.inf), left)
@@ -264,36 +321,55 @@ class Check:
     def finish(self, stage: Stage, status: str, started: float, detail: str = "") -> None:
         stage.status, stage.detail = status, detail
         stage.seconds = time.monotonic() - started
-        self.say(f"== {stage.name}: {status} in {stage.seconds:.1f} s"
-                 f"{': ' + detail if detail else ''}")
+        self.say(
+            f"== {stage.name}: {status} in {stage.seconds:.1f} s{': ' + detail if detail else ''}"
+        )
         self.write_summary()
 
     # ----- 0. what runs where
     def describe(self) -> None:
-        probe = ("import json, platform, torch; c = torch.cuda.is_available(); print(json.dumps("
-                 "{'torch': torch.__version__, 'cuda': c, 'cuda_version': torch.version.cuda, "
-                 "'device_name': torch.cuda.get_device_name(0) if c else "
-                 "(platform.processor() or 'cpu')}))")
+        probe = (
+            "import json, platform, torch; c = torch.cuda.is_available(); print(json.dumps("
+            "{'torch': torch.__version__, 'cuda': c, 'cuda_version': torch.version.cuda, "
+            "'device_name': torch.cuda.get_device_name(0) if c else "
+            "(platform.processor() or 'cpu')}))"
+        )
         try:
-            text = subprocess.run(self.python("-c", probe), capture_output=True, text=True,
-                                  timeout=120, env=self.env).stdout
+            text = subprocess.run(
+                self.python("-c", probe), capture_output=True, text=True, timeout=120, env=self.env
+            ).stdout
             self.info = json.loads(text.strip().splitlines()[-1])
         except (subprocess.SubprocessError, OSError, ValueError, IndexError):
             self.info = {"torch": "unknown", "cuda": False, "device_name": "unknown"}
         try:
             git = ["git", "-C", str(ROOT)]
-            commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    timeout=10).stdout.strip()
-            if commit and subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                                         capture_output=True, text=True, timeout=10).stdout:
+            commit = subprocess.run(
+                [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            if (
+                commit
+                and subprocess.run(
+                    [*git, "status", "--porcelain", "--untracked-files=no"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
+            ):
                 commit += " (with uncommitted changes)"
         except (subprocess.SubprocessError, OSError):
             commit = ""
-        self.info.update(git_commit=commit or "unknown", python=platform.python_version(),
-                         device=self.device, jobs=self.jobs, budget_s=self.budget)
-        self.say(f"{self.info['device_name']} ({self.device}), torch {self.info['torch']}, "
-                 f"commit {self.info['git_commit'][:12]}, {self.jobs} jobs, budget "
-                 f"{self.budget:.0f} s -> {self.out}")
+        self.info.update(
+            git_commit=commit or "unknown",
+            python=platform.python_version(),
+            device=self.device,
+            jobs=self.jobs,
+            budget_s=self.budget,
+        )
+        self.say(
+            f"{self.info['device_name']} ({self.device}), torch {self.info['torch']}, "
+            f"commit {self.info['git_commit'][:12]}, {self.jobs} jobs, budget "
+            f"{self.budget:.0f} s -> {self.out}"
+        )
 
     # ----- 1. data
     def stage_data(self) -> None:
@@ -304,30 +380,54 @@ class Check:
             make_tiny_tarball(self.tarball, self.data.name)
         if not self.data.exists():
             if self.tarball is None:
-                return self.finish(stage, "failed", started, f"{self.data} is missing and no "
-                                   "--tarball was given")
+                return self.finish(
+                    stage, "failed", started, f"{self.data} is missing and no --tarball was given"
+                )
             self.data.parent.mkdir(parents=True, exist_ok=True)
-            job = self.run_one(Job("unpack", "data", ["tar", "xzf", self.tarball, "-C",
-                                                      self.data.parent],
-                                   self.out / "logs" / "data.log"), until)
+            job = self.run_one(
+                Job(
+                    "unpack",
+                    "data",
+                    ["tar", "xzf", self.tarball, "-C", self.data.parent],
+                    self.out / "logs" / "data.log",
+                ),
+                until,
+            )
             if job.status != "finished" or not self.data.is_dir():
-                return self.finish(stage, "failed", started, f"unpacking {self.tarball} into "
-                                   f"{self.data.parent} gave no {self.data.name}/ ({job.status})")
+                return self.finish(
+                    stage,
+                    "failed",
+                    started,
+                    f"unpacking {self.tarball} into "
+                    f"{self.data.parent} gave no {self.data.name}/ ({job.status})",
+                )
         size = self.scale.image_size
-        probe = ("import json, sys; from ipskit.data import load_dataset; b = load_dataset("
-                 f"'imagefolder:' + sys.argv[1], image_size={size!r}); print(json.dumps("
-                 "{'classes': len(b.classes), 'train': len(b.train_targets), "
-                 "'test': len(b.test_targets), 'image_size': b.image_size}))")
-        job = self.run_one(Job("load", "data", self.python("-c", probe, self.data),
-                               self.out / "logs" / "data.log"), until)
+        probe = (
+            "import json, sys; from ipskit.data import load_dataset; b = load_dataset("
+            f"'imagefolder:' + sys.argv[1], image_size={size!r}); print(json.dumps("
+            "{'classes': len(b.classes), 'train': len(b.train_targets), "
+            "'test': len(b.test_targets), 'image_size': b.image_size}))"
+        )
+        job = self.run_one(
+            Job(
+                "load", "data", self.python("-c", probe, self.data), self.out / "logs" / "data.log"
+            ),
+            until,
+        )
         found = [line for line in job.tail(5).splitlines() if line.startswith("{")]
         if job.status != "finished" or not found:
-            return self.finish(stage, "failed" if job.status == "finished" else job.status,
-                               started, job.tail(1))
+            return self.finish(
+                stage, "failed" if job.status == "finished" else job.status, started, job.tail(1)
+            )
         self.info["data"] = {"path": str(self.data), **json.loads(found[-1])}
         d = self.info["data"]
-        self.finish(stage, "passed", started, f"{d['classes']} classes, {d['train']} train / "
-                    f"{d['test']} test images, {d['image_size']} px")
+        self.finish(
+            stage,
+            "passed",
+            started,
+            f"{d['classes']} classes, {d['train']} train / "
+            f"{d['test']} test images, {d['image_size']} px",
+        )
 
     # ----- 2. benchmarks
     def stage_bench(self) -> None:
@@ -337,30 +437,70 @@ class Check:
         bench.mkdir(parents=True, exist_ok=True)
         scripts = {
             "swap": ["benchmarks/bench_swap.py", "--device", self.device, *self.scale.bench_swap],
-            "train": ["benchmarks/bench_train.py", "--device", self.device,
-                      "--dataset", f"imagefolder:{self.data}", *self.scale.bench_train,
-                      *(["--image-size", str(size)] if size else [])]}
+            "train": [
+                "benchmarks/bench_train.py",
+                "--device",
+                self.device,
+                "--dataset",
+                f"imagefolder:{self.data}",
+                *self.scale.bench_train,
+                *(["--image-size", str(size)] if size else []),
+            ],
+        }
         failed = []
         for name, cmd in scripts.items():
             if until - time.monotonic() < 1:
                 failed.append(f"{name}: out of time")
                 continue
-            job = self.run_one(Job(f"bench-{name}", "bench",
-                                   self.python(*cmd, "--json", bench / f"{name}.json"),
-                                   bench / f"{name}.md", append=False), until)
+            job = self.run_one(
+                Job(
+                    f"bench-{name}",
+                    "bench",
+                    self.python(*cmd, "--json", bench / f"{name}.json"),
+                    bench / f"{name}.md",
+                    append=False,
+                ),
+                until,
+            )
             if job.status != "finished":
                 failed.append(f"{name}: {job.status}")
-        self.finish(stage, "failed" if failed else "passed", started,
-                    "; ".join(failed) or "bench/swap.md, bench/train.md")
+        self.finish(
+            stage,
+            "failed" if failed else "passed",
+            started,
+            "; ".join(failed) or "bench/swap.md, bench/train.md",
+        )
 
     # ----- 3. reference runs (+ evaluation), with the CUDA tests alongside
     def train_job(self, method: str, seed: int) -> Job:
         s, name = self.scale, run_name(method, seed)
-        cmd = self.python("-m", "ipskit", "train", "--dataset", f"imagefolder:{self.data}",
-                          "--model", s.model, "--method", method, "--seed", seed,
-                          "--epochs", s.epochs, "--batch-size", s.batch_size, "--lr", s.lr,
-                          "--device", self.device, "--out-dir", self.out / "runs", "--name",
-                          name, "--no-progress", "--resume")
+        cmd = self.python(
+            "-m",
+            "ipskit",
+            "train",
+            "--dataset",
+            f"imagefolder:{self.data}",
+            "--model",
+            s.model,
+            "--method",
+            method,
+            "--seed",
+            seed,
+            "--epochs",
+            s.epochs,
+            "--batch-size",
+            s.batch_size,
+            "--lr",
+            s.lr,
+            "--device",
+            self.device,
+            "--out-dir",
+            self.out / "runs",
+            "--name",
+            name,
+            "--no-progress",
+            "--resume",
+        )
         if s.image_size:
             cmd += ["--image-size", s.image_size]
         if s.max_train_samples:
@@ -368,17 +508,41 @@ class Check:
         return Job(name, "train", cmd, self.out / "logs" / f"{name}.log")
 
     def eval_job(self, name: str) -> Job:
-        return Job(f"eval {name}", "eval",
-                   self.python("-m", "ipskit", "eval", self.out / "runs" / name,
-                               *self.scale.eval_flags, "--device", self.device, "--no-progress"),
-                   self.out / "logs" / f"eval-{name}.log")
+        return Job(
+            f"eval {name}",
+            "eval",
+            self.python(
+                "-m",
+                "ipskit",
+                "eval",
+                self.out / "runs" / name,
+                *self.scale.eval_flags,
+                "--device",
+                self.device,
+                "--no-progress",
+            ),
+            self.out / "logs" / f"eval-{name}.log",
+        )
 
     def tests_job(self) -> Job:
         xml = self.out / "cuda-tests.xml"
-        return Job("cuda tests", "tests",
-                   self.python("-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q",
-                               "-p", "no:cacheprovider", f"--junitxml={xml}"),
-                   self.out / "logs" / "cuda-tests.log", timeout=self.scale.caps["tests"])
+        return Job(
+            "cuda tests",
+            "tests",
+            self.python(
+                "-m",
+                "pytest",
+                "-m",
+                "cuda",
+                "tests/test_cuda.py",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={xml}",
+            ),
+            self.out / "logs" / "cuda-tests.log",
+            timeout=self.scale.caps["tests"],
+        )
 
     def stage_runs(self) -> None:
         stage, started = self.stages["runs"], time.monotonic()
@@ -408,16 +572,23 @@ class Check:
             name = run_name(run["method"], run["seed"])
             r = read_run(self.out / "runs" / name)
             if job.kind == "train" and r.get("status") == "finished":
-                self.say(f"[train {counts['train']}/{n_train}] {name} finished in "
-                         f"{job.seconds:.0f} s: top-1 {100 * r['test_acc']:.2f}%, NLL "
-                         f"{r['test_loss']:.3f}, ECE {r['ece']:.3f}")
+                self.say(
+                    f"[train {counts['train']}/{n_train}] {name} finished in "
+                    f"{job.seconds:.0f} s: top-1 {100 * r['test_acc']:.2f}%, NLL "
+                    f"{r['test_loss']:.3f}, ECE {r['ece']:.3f}"
+                )
                 run["eval"] = self.eval_job(name)
                 queue.append(run["eval"])  # behind the training runs: fills the last slots
             elif job.kind == "train":
-                why = (f"at epoch {r['epochs_done']}/{self.scale.epochs}"
-                       if job.status == "timeout" else f"(exit {job.rc}): {job.tail(1)}")
-                self.say(f"[train {counts['train']}/{n_train}] {name} {job.status.upper()} "
-                         f"after {job.seconds:.0f} s {why}; log logs/{job.log.name}")
+                why = (
+                    f"at epoch {r['epochs_done']}/{self.scale.epochs}"
+                    if job.status == "timeout"
+                    else f"(exit {job.rc}): {job.tail(1)}"
+                )
+                self.say(
+                    f"[train {counts['train']}/{n_train}] {name} {job.status.upper()} "
+                    f"after {job.seconds:.0f} s {why}; log logs/{job.log.name}"
+                )
             else:
                 self.say(f"[eval] {name}: {job.status} in {job.seconds:.0f} s")
             self.write_summary()
@@ -430,17 +601,27 @@ class Check:
             return self.finish(stage, "skipped", started, "out of time")
         run_jobs(queue, self.jobs, time.monotonic() + seconds, self.env, on_done, extra)
         if not want_runs:
-            return self.finish(stage, "skipped", started, "not asked for" if "runs" not in
-                               self.stages_wanted else "no data")
+            return self.finish(
+                stage,
+                "skipped",
+                started,
+                "not asked for" if "runs" not in self.stages_wanted else "no data",
+            )
         status = {n: self.run_status(n) for n in self.runs}
-        evaluated = sum(isinstance(r["eval"], Job) and r["eval"].status == "finished"
-                        for r in self.runs.values())
+        evaluated = sum(
+            isinstance(r["eval"], Job) and r["eval"].status == "finished"
+            for r in self.runs.values()
+        )
         trained = sum(s == "finished" for s in status.values())
         bad = [f"{n} {s}" for n, s in status.items() if s != "finished"]
         ok = trained == evaluated == len(self.runs)
-        self.finish(stage, "passed" if ok else "failed", started,
-                    f"{trained}/{len(self.runs)} runs finished, {evaluated} evaluated"
-                    + (f"; {', '.join(bad)}" if bad else ""))
+        self.finish(
+            stage,
+            "passed" if ok else "failed",
+            started,
+            f"{trained}/{len(self.runs)} runs finished, {evaluated} evaluated"
+            + (f"; {', '.join(bad)}" if bad else ""),
+        )
 
     def finish_tests(self, job: Job) -> None:
         counts = junit_counts(self.out / "cuda-tests.xml")
@@ -450,36 +631,57 @@ class Check:
         else:
             status = {"finished": "passed", "timeout": "timeout"}.get(job.status, "failed")
         stage = self.stages["tests"]
-        detail = ", ".join(f"{counts[k]} {k}" for k in ("passed", "skipped", "failures",
-                                                         "errors") if counts.get(k))
+        detail = ", ".join(
+            f"{counts[k]} {k}" for k in ("passed", "skipped", "failures", "errors") if counts.get(k)
+        )
         self.finish(stage, status, job.start, detail or job.tail(1))
 
     # ----- 4. compare
     def stage_compare(self) -> None:
         stage, started = self.stages["compare"], time.monotonic()
-        names = [n for n, r in self.runs.items()
-                 if isinstance(r["eval"], Job) and r["eval"].status == "finished"]
+        names = [
+            n
+            for n, r in self.runs.items()
+            if isinstance(r["eval"], Job) and r["eval"].status == "finished"
+        ]
         if not names:
             return self.finish(stage, "skipped", started, "no evaluated runs")
         seconds = self.time_for("compare")
         if seconds < 1:
             return self.finish(stage, "skipped", started, "out of time")
-        cmd = self.python("-m", "ipskit", "compare", *(self.out / "runs" / n for n in names),
-                          *self.scale.eval_flags, "--device", self.device, "--no-progress",
-                          "--out", self.out / "compare")
-        job = self.run_one(Job("compare", "compare", cmd, self.out / "logs" / "compare.log"),
-                           time.monotonic() + seconds)
-        self.finish(stage, "passed" if job.status == "finished" else job.status, started,
-                    f"{len(names)} runs -> compare/compare.md" if job.status == "finished"
-                    else job.tail(1))
+        cmd = self.python(
+            "-m",
+            "ipskit",
+            "compare",
+            *(self.out / "runs" / n for n in names),
+            *self.scale.eval_flags,
+            "--device",
+            self.device,
+            "--no-progress",
+            "--out",
+            self.out / "compare",
+        )
+        job = self.run_one(
+            Job("compare", "compare", cmd, self.out / "logs" / "compare.log"),
+            time.monotonic() + seconds,
+        )
+        self.finish(
+            stage,
+            "passed" if job.status == "finished" else job.status,
+            started,
+            f"{len(names)} runs -> compare/compare.md" if job.status == "finished" else job.tail(1),
+        )
 
     # ----- the whole check
     def run(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
         self.describe()
         if self.device.startswith("cuda") and not self.info.get("cuda"):
-            print(f"error: --device {self.device} but torch sees no CUDA device here; use "
-                  "--tiny (or --device cpu) for a CPU rehearsal", file=sys.stderr)
+            print(
+                f"error: --device {self.device} but torch sees no CUDA device here; use "
+                "--tiny (or --device cpu) for a CPU rehearsal",
+                file=sys.stderr,
+            )
             return 2
         try:
             for name, step in (("data", self.stage_data), ("bench", self.stage_bench)):
@@ -498,8 +700,11 @@ class Check:
         finally:
             self.write_summary()
             self.say(f"done in {time.monotonic() - self.t0:.0f} s -> {self.out / 'summary.md'}")
-        bad = [s.name for s in self.stages.values() if s.status in ("failed", "timeout")
-               or s.detail == "out of time"]
+        bad = [
+            s.name
+            for s in self.stages.values()
+            if s.status in ("failed", "timeout") or s.detail == "out of time"
+        ]
         return 1 if bad else 0
 
     # ----- summary
@@ -514,12 +719,18 @@ class Check:
         rows = []
         for name, r in self.runs.items():
             s = read_run(self.out / "runs" / name)
-            rows.append({"name": name, "method": r["method"], "seed": r["seed"],
-                         "status": self.run_status(name), "epochs_done": s.get("epochs_done", 0),
-                         "eval": r["eval"].status if isinstance(r["eval"], Job) else None,
-                         **{k: s.get(k) for k in ("test_acc", "test_loss", "ece",
-                                                  "wall_time_s")},
-                         "log": f"logs/{name}.log"})
+            rows.append(
+                {
+                    "name": name,
+                    "method": r["method"],
+                    "seed": r["seed"],
+                    "status": self.run_status(name),
+                    "epochs_done": s.get("epochs_done", 0),
+                    "eval": r["eval"].status if isinstance(r["eval"], Job) else None,
+                    **{k: s.get(k) for k in ("test_acc", "test_loss", "ece", "wall_time_s")},
+                    "log": f"logs/{name}.log",
+                }
+            )
         return rows
 
     def method_rows(self, rows: list) -> list:
@@ -529,11 +740,22 @@ class Check:
             if not done:
                 out.append({"method": method, "seeds": [], "n": 0})
                 continue
-            stats = {k: mean_sd([r[k] for r in done]) for k in ("test_acc", "test_loss", "ece",
-                                                                  "wall_time_s")}
-            out.append({"method": method, "seeds": [r["seed"] for r in done], "n": len(done),
-                        **{f"{k}_{w}": v for k, (m, sd) in stats.items()
-                           for w, v in (("mean", m), ("sd", sd))}})
+            stats = {
+                k: mean_sd([r[k] for r in done])
+                for k in ("test_acc", "test_loss", "ece", "wall_time_s")
+            }
+            out.append(
+                {
+                    "method": method,
+                    "seeds": [r["seed"] for r in done],
+                    "n": len(done),
+                    **{
+                        f"{k}_{w}": v
+                        for k, (m, sd) in stats.items()
+                        for w, v in (("mean", m), ("sd", sd))
+                    },
+                }
+            )
         return out
 
     def write_summary(self) -> None:
@@ -542,14 +764,24 @@ class Check:
         bench = {k: read_json(self.out / "bench" / f"{k}.json") for k in ("swap", "train")}
         s = self.scale
         summary = {
-            "info": self.info, "tiny": bool(self.args.tiny),
-            "recipe": {"dataset": f"imagefolder:{self.data}", "model": s.model,
-                       "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
-                       "image_size": s.image_size, "max_train_samples": s.max_train_samples,
-                       "eval_flags": list(s.eval_flags)},
+            "info": self.info,
+            "tiny": bool(self.args.tiny),
+            "recipe": {
+                "dataset": f"imagefolder:{self.data}",
+                "model": s.model,
+                "epochs": s.epochs,
+                "batch_size": s.batch_size,
+                "lr": s.lr,
+                "image_size": s.image_size,
+                "max_train_samples": s.max_train_samples,
+                "eval_flags": list(s.eval_flags),
+            },
             "wall_s": time.monotonic() - self.t0,
             "stages": {k: asdict(v) for k, v in self.stages.items()},
-            "methods": methods, "runs": rows, "bench": bench}
+            "methods": methods,
+            "runs": rows,
+            "bench": bench,
+        }
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_text(self.out / "summary.json", json.dumps(summary, indent=1) + "\n")
         atomic_text(self.out / "summary.md", render_markdown(summary, self.out))
@@ -566,6 +798,7 @@ class Check:
         def keep(info: tarfile.TarInfo):
             path = self.out.parent / info.name
             return None if path.suffix == ".pt" or path in skip else info
+
         tmp = where / ".gpu-check.tgz.tmp"
         with tarfile.open(tmp, "w:gz") as tar:
             tar.add(self.out, arcname=self.out.name, filter=keep)
@@ -583,8 +816,9 @@ def read_json(path: Path, default=None):
 def read_run(run_dir: Path) -> dict:
     """A run folder's summary.json (status, last-epoch metrics) plus ``epochs_done``."""
     try:
-        epochs = sum(1 for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                     if line.strip())
+        epochs = sum(
+            1 for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()
+        )
     except OSError:
         epochs = 0
     return {**(read_json(run_dir / "summary.json", {}) or {}), "epochs_done": epochs}
@@ -610,8 +844,9 @@ def junit_counts(path: Path) -> dict:
     except (OSError, ET.ParseError):
         return {}
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-    c = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors",
-                                                              "skipped")}
+    c = {
+        k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")
+    }
     c["passed"] = c["tests"] - c["failures"] - c["errors"] - c["skipped"]
     return c
 
@@ -647,48 +882,80 @@ def _fmt(mean, sd, scale=1.0, digits=2) -> str:
 
 def render_markdown(s: dict, out: Path) -> str:
     info, recipe = s["info"], s["recipe"]
-    lines = [f"# GPU check{' (--tiny rehearsal)' if s['tiny'] else ''}: "
-             f"{info.get('device_name', 'unknown')}", "",
-             f"torch {info.get('torch')}, CUDA {info.get('cuda_version')}, Python "
-             f"{info.get('python')}, ipskit commit {info.get('git_commit')}; device "
-             f"{info.get('device')}, {info.get('jobs')} jobs at once; total wall "
-             f"{s['wall_s']:.0f} s (budget {info.get('budget_s', 0):.0f} s).", "",
-             "## Stages", "", "| stage | status | wall s | detail |", "|---|---|---:|---|"]
+    lines = [
+        f"# GPU check{' (--tiny rehearsal)' if s['tiny'] else ''}: "
+        f"{info.get('device_name', 'unknown')}",
+        "",
+        f"torch {info.get('torch')}, CUDA {info.get('cuda_version')}, Python "
+        f"{info.get('python')}, ipskit commit {info.get('git_commit')}; device "
+        f"{info.get('device')}, {info.get('jobs')} jobs at once; total wall "
+        f"{s['wall_s']:.0f} s (budget {info.get('budget_s', 0):.0f} s).",
+        "",
+        "## Stages",
+        "",
+        "| stage | status | wall s | detail |",
+        "|---|---|---:|---|",
+    ]
     for st in s["stages"].values():
-        lines.append(f"| {st['name']} | {st['status']} | {st['seconds']:.1f} | "
-                     f"{st['detail'].replace('|', '/')} |")
-    lines += ["", f"## Reference runs: last epoch, mean ± sd over seeds", "",
-              f"{recipe['model']}, {recipe['epochs']} epochs, batch {recipe['batch_size']}, "
-              f"lr {recipe['lr']}, {recipe['dataset']}"
-              + (f", {recipe['max_train_samples']} training images"
-                 if recipe["max_train_samples"] else "")
-              + "; the whole test set; runs shared the device, so train s are not solo times.",
-              "", "| method | seeds | top-1 % | NLL | ECE | train s |",
-              "|---|---|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {st['name']} | {st['status']} | {st['seconds']:.1f} | "
+            f"{st['detail'].replace('|', '/')} |"
+        )
+    lines += [
+        "",
+        "## Reference runs: last epoch, mean ± sd over seeds",
+        "",
+        f"{recipe['model']}, {recipe['epochs']} epochs, batch {recipe['batch_size']}, "
+        f"lr {recipe['lr']}, {recipe['dataset']}"
+        + (
+            f", {recipe['max_train_samples']} training images"
+            if recipe["max_train_samples"]
+            else ""
+        )
+        + "; the whole test set; runs shared the device, so train s are not solo times.",
+        "",
+        "| method | seeds | top-1 % | NLL | ECE | train s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for m in s["methods"]:
         if not m["n"]:
             lines.append(f"| {m['method']} | none finished | - | - | - | - |")
             continue
-        lines.append(f"| {m['method']} | {','.join(map(str, m['seeds']))} | "
-                     f"{_fmt(m['test_acc_mean'], m['test_acc_sd'], 100)} | "
-                     f"{_fmt(m['test_loss_mean'], m['test_loss_sd'], digits=3)} | "
-                     f"{_fmt(m['ece_mean'], m['ece_sd'], digits=3)} | "
-                     f"{_fmt(m['wall_time_s_mean'], None, digits=0)} |")
-    lines += ["", "| run | status | epochs | top-1 % | NLL | ECE | train s | eval |",
-              "|---|---|---:|---:|---:|---:|---:|---|"]
+        lines.append(
+            f"| {m['method']} | {','.join(map(str, m['seeds']))} | "
+            f"{_fmt(m['test_acc_mean'], m['test_acc_sd'], 100)} | "
+            f"{_fmt(m['test_loss_mean'], m['test_loss_sd'], digits=3)} | "
+            f"{_fmt(m['ece_mean'], m['ece_sd'], digits=3)} | "
+            f"{_fmt(m['wall_time_s_mean'], None, digits=0)} |"
+        )
+    lines += [
+        "",
+        "| run | status | epochs | top-1 % | NLL | ECE | train s | eval |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in s["runs"]:
-        lines.append(f"| {r['name']} | {r['status']} | {r['epochs_done']} | "
-                     f"{_fmt(r['test_acc'], None, 100)} | {_fmt(r['test_loss'], None, digits=3)}"
-                     f" | {_fmt(r['ece'], None, digits=3)} | "
-                     f"{_fmt(r['wall_time_s'], None, digits=0)} | {r['eval'] or '-'} |")
-    for title, path in (("Evaluation (ipskit compare " + " ".join(recipe["eval_flags"]) + ")",
-                         out / "compare" / "compare.md"),
-                        ("Benchmark: patch swap", out / "bench" / "swap.md"),
-                        ("Benchmark: training steps", out / "bench" / "train.md")):
+        lines.append(
+            f"| {r['name']} | {r['status']} | {r['epochs_done']} | "
+            f"{_fmt(r['test_acc'], None, 100)} | {_fmt(r['test_loss'], None, digits=3)}"
+            f" | {_fmt(r['ece'], None, digits=3)} | "
+            f"{_fmt(r['wall_time_s'], None, digits=0)} | {r['eval'] or '-'} |"
+        )
+    for title, path in (
+        (
+            "Evaluation (ipskit compare " + " ".join(recipe["eval_flags"]) + ")",
+            out / "compare" / "compare.md",
+        ),
+        ("Benchmark: patch swap", out / "bench" / "swap.md"),
+        ("Benchmark: training steps", out / "bench" / "train.md"),
+    ):
         if path.exists():
             text = path.read_text(errors="replace").strip()
-            lines += ["", f"## {title}", "", "\n".join(l for l in text.splitlines()
-                                                         if not l.startswith("=== "))]
+            lines += [
+                "",
+                f"## {title}",
+                "",
+                "\n".join(line for line in text.splitlines() if not line.startswith("=== ")),
+            ]
     failed = [r for r in s["runs"] if r["status"] not in ("finished", "not started")]
     failed_stages = [st for st in s["stages"].values() if st["status"] in ("failed", "timeout")]
     if failed or failed_stages:
@@ -697,41 +964,78 @@ def render_markdown(s: dict, out: Path) -> str:
         for r in failed:
             log = out / r["log"]
             tail = log.read_text(errors="replace").splitlines()[-8:] if log.exists() else []
-            lines += [f"- run {r['name']}: {r['status']} (log {r['log']})", "", "```",
-                      *tail, "```"]
+            lines += [f"- run {r['name']}: {r['status']} (log {r['log']})", "", "```", *tail, "```"]
     return "\n".join(lines) + "\n"
 
 
 # ----- command line ----------------------------------------------------------------------------
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="gpu-check-out",
-                   help="folder for everything the check writes (default: gpu-check-out)")
-    p.add_argument("--data", default=None, help="the CIFAR-10 image folder, {train,test}/<class>/"
-                   " (default: data/cifar10; with --tiny: OUT/data/tiny-cifar)")
-    p.add_argument("--tarball", default=None, help="a .tgz that unpacks into --data's parent "
-                   "folder, used when --data is missing (cifar10-jpeg.tgz)")
-    p.add_argument("--jobs", type=int, default=None, help="training processes sharing the GPU "
-                   "(default: 6; six kept an H200 busy and were ~4x faster than one at a time)")
+    p = argparse.ArgumentParser(
+        prog="gpu_check.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--out",
+        default="gpu-check-out",
+        help="folder for everything the check writes (default: gpu-check-out)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="the CIFAR-10 image folder, {train,test}/<class>/"
+        " (default: data/cifar10; with --tiny: OUT/data/tiny-cifar)",
+    )
+    p.add_argument(
+        "--tarball",
+        default=None,
+        help="a .tgz that unpacks into --data's parent "
+        "folder, used when --data is missing (cifar10-jpeg.tgz)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="training processes sharing the GPU "
+        "(default: 6; six kept an H200 busy and were ~4x faster than one at a time)",
+    )
     p.add_argument("--device", default=None, help="cuda (default), cuda:N or cpu")
-    p.add_argument("--budget", type=float, default=None, help="seconds for the whole check "
-                   "(default: 450, within the 8 minutes the lent machine allows)")
-    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
-                   help="stages to run (default: all); e.g. --stages runs compare to redo those")
-    p.add_argument("--bundle", default=None, metavar="DIR", help="also copy summary.md, "
-                   "summary.json and gpu-check.tgz (--out without checkpoints) into DIR")
-    p.add_argument("--tiny", action="store_true", help="the same stages on the CPU in well "
-                   "under a minute (a rehearsal: digits as a tiny image folder, smallcnn)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for the whole check "
+        "(default: 450, within the 8 minutes the lent machine allows)",
+    )
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        help="stages to run (default: all); e.g. --stages runs compare to redo those",
+    )
+    p.add_argument(
+        "--bundle",
+        default=None,
+        metavar="DIR",
+        help="also copy summary.md, "
+        "summary.json and gpu-check.tgz (--out without checkpoints) into DIR",
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the same stages on the CPU in well "
+        "under a minute (a rehearsal: digits as a tiny image folder, smallcnn)",
+    )
     args = p.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.data is None:
-        args.data = (str(Path(args.out) / "data" / "tiny-cifar") if args.tiny
-                     else "data/cifar10")
+        args.data = str(Path(args.out) / "data" / "tiny-cifar") if args.tiny else "data/cifar10"
 
     def stop(signum, frame):  # a SIGTERM ends the child processes too (run_jobs' finally)
         raise SystemExit(128 + signum)
+
     before = signal.signal(signal.SIGTERM, stop)
     try:
         return Check(args, TINY if args.tiny else FULL).run()

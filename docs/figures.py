@@ -3,6 +3,7 @@
 swap_pair.png: two pairs of same-class digits (the built-in data) before and after a 4x4
 patch swap, with the exchanged cells outlined.
 """
+
 from pathlib import Path
 
 import torch

@@ -13,24 +13,44 @@ The core, usable in any training loop:
 
 See docs/ARCHITECTURE.md for where everything else lives.
 """
-from ipskit.losses import BLOG_INTENT, IPSLoss, IPSLossOutput, ips_loss, kl_divergence, pair_teacher
-from ipskit.pairs import SameClassPairSampler, split_pair
-from ipskit.swap import PatchSwap, SwapDecision, apply_swap, draw_swap, patch_swap, pixel_mask
 
 # Training and runs (heavier imports: torchvision, the data sets and models).
 from ipskit.config import METHOD_NAMES, TrainConfig
+from ipskit.losses import BLOG_INTENT, IPSLoss, IPSLossOutput, ips_loss, kl_divergence, pair_teacher
 from ipskit.methods import build_method
+from ipskit.pairs import SameClassPairSampler, split_pair
 from ipskit.runs import list_runs, load_model, load_run
+from ipskit.swap import PatchSwap, SwapDecision, apply_swap, draw_swap, patch_swap, pixel_mask
 from ipskit.sweep import run_demo, run_sweep
 from ipskit.train import evaluate_epoch, fit, train_one_epoch
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BLOG_INTENT", "IPSLoss", "IPSLossOutput", "ips_loss", "kl_divergence", "pair_teacher",
-    "SameClassPairSampler", "split_pair",
-    "PatchSwap", "SwapDecision", "apply_swap", "draw_swap", "patch_swap", "pixel_mask",
-    "TrainConfig", "METHOD_NAMES", "build_method", "list_runs", "load_model", "load_run",
-    "run_demo", "run_sweep", "fit", "train_one_epoch", "evaluate_epoch",
+    "BLOG_INTENT",
+    "IPSLoss",
+    "IPSLossOutput",
+    "ips_loss",
+    "kl_divergence",
+    "pair_teacher",
+    "SameClassPairSampler",
+    "split_pair",
+    "PatchSwap",
+    "SwapDecision",
+    "apply_swap",
+    "draw_swap",
+    "patch_swap",
+    "pixel_mask",
+    "TrainConfig",
+    "METHOD_NAMES",
+    "build_method",
+    "list_runs",
+    "load_model",
+    "load_run",
+    "run_demo",
+    "run_sweep",
+    "fit",
+    "train_one_epoch",
+    "evaluate_epoch",
     "__version__",
 ]

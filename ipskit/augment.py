@@ -16,18 +16,25 @@ Usage::
     spec = AugmentSpec.for_size(32, flip=True)
     x_aug = augment_batch(x_uint8, spec, generator)   # [B, C, H, W] float in [0, 1]
 """
+
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from ipskit.checks import InputError, check_int
 
-__all__ = ["AugmentParams", "AugmentSpec", "apply_augment", "augment_batch", "draw_augment", "to_float01"]
+__all__ = [
+    "AugmentParams",
+    "AugmentSpec",
+    "apply_augment",
+    "augment_batch",
+    "draw_augment",
+    "to_float01",
+]
 
 _PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}
 
@@ -52,10 +59,12 @@ class AugmentSpec:
             raise InputError(f"crop_padding must be an int >= 0, got {crop!r}")
         object.__setattr__(self, "crop_padding", crop)  # frozen: a plain int for F.pad
         if not isinstance(self.padding_mode, str) or self.padding_mode not in _PADDING_MODES:
-            raise InputError(f"padding_mode must be one of {', '.join(_PADDING_MODES)}, got {self.padding_mode!r}")
+            raise InputError(
+                f"padding_mode must be one of {', '.join(_PADDING_MODES)}, got {self.padding_mode!r}"
+            )
 
     @classmethod
-    def for_size(cls, image_size: int, flip: bool) -> "AugmentSpec":
+    def for_size(cls, image_size: int, flip: bool) -> AugmentSpec:
         """The default recipe for ``image_size`` x ``image_size`` images."""
         return cls(crop_padding=max(1, round(image_size / 8)), flip=flip)
 
@@ -78,13 +87,18 @@ def to_float01(x: torch.Tensor) -> torch.Tensor:
     return x.div(255.0) if x.dtype == torch.uint8 else x  # one kernel: uint8 / float -> float32
 
 
-def draw_augment(batch_size: int, spec: AugmentSpec, generator: Optional[torch.Generator] = None,
-                 device: torch.device | str | None = None) -> AugmentParams:
+def draw_augment(
+    batch_size: int,
+    spec: AugmentSpec,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> AugmentParams:
     """Draw crop offsets and flips for a batch (on the generator's device, then moved to ``device``)."""
     gen_device = generator.device if generator is not None else device
     # Both offsets in one draw, row 0 then row 1: on the CPU the same numbers as two draws.
-    offsets = torch.randint(0, 2 * spec.crop_padding + 1, (2, batch_size), generator=generator,
-                            device=gen_device)  # (2, B)
+    offsets = torch.randint(
+        0, 2 * spec.crop_padding + 1, (2, batch_size), generator=generator, device=gen_device
+    )  # (2, B)
     if spec.flip:
         flip = torch.rand(batch_size, generator=generator, device=gen_device) < 0.5
     else:
@@ -93,8 +107,9 @@ def draw_augment(batch_size: int, spec: AugmentSpec, generator: Optional[torch.G
 
 
 @functools.lru_cache(maxsize=64)
-def _source_index(height: int, width: int, padding: int, device: torch.device
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _source_index(
+    height: int, width: int, padding: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """long [1, 1, H*W] twice: where output pixel (i, j) is read in the padded image, flattened,
     for offsets (0, 0): ``i * (W + 2p) + j``, and the same with j mirrored (``W - 1 - j``).
     Built once per size and device, so a batch only adds its offsets."""
@@ -138,7 +153,9 @@ def apply_augment(x: torch.Tensor, params: AugmentParams, spec: AugmentSpec) -> 
     return to_float01(x.view(b, c, h, w))  # [B, C, H, W]
 
 
-def augment_batch(x: torch.Tensor, spec: Optional[AugmentSpec], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, spec: AugmentSpec | None, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Randomly crop and flip a batch on its own device: :func:`draw_augment` + :func:`apply_augment`.
 
     Args:

@@ -56,20 +56,28 @@ def gradcam(
         raise ValueError(f"x must be images [B, C, H, W], got {shape}")
     b = x.shape[0]
     if b == 0 or batch_size < 1:
-        raise ValueError(f"need at least one image and batch_size >= 1, got {b} images, batch_size={batch_size}")
+        raise ValueError(
+            f"need at least one image and batch_size >= 1, got {b} images, batch_size={batch_size}"
+        )
     if layer is None:
         layer = getattr(model, "cam_layer", None)
         if not isinstance(layer, torch.nn.Module):
-            raise ValueError(f"{type(model).__name__} has no cam_layer; pass layer=<a conv module of the model>")
+            raise ValueError(
+                f"{type(model).__name__} has no cam_layer; pass layer=<a conv module of the model>"
+            )
     if not any(m is layer for m in model.modules()):
-        raise ValueError(f"layer {type(layer).__name__} is not a submodule of {type(model).__name__}")
+        raise ValueError(
+            f"layer {type(layer).__name__} is not a submodule of {type(model).__name__}"
+        )
     if targets is not None:
         targets = [int(t) for t in torch.as_tensor(targets).reshape(-1).tolist()]
         if len(targets) != b:
             raise ValueError(f"targets must hold one class id per image ({b}), got {len(targets)}")
         k = getattr(model, "num_classes", None)
         if any(t < 0 or (k is not None and t >= k) for t in targets):
-            raise ValueError(f"targets must be class ids in [0, {k - 1 if k else 'K-1'}], got {targets}")
+            raise ValueError(
+                f"targets must be class ids in [0, {k - 1 if k else 'K-1'}], got {targets}"
+            )
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -81,7 +89,11 @@ def gradcam(
                 # requires_grad on the input: the layer's output then needs a gradient even
                 # when the parameters are frozen.
                 xb = x[s : s + batch_size].detach().to(device).float().requires_grad_(True)
-                tb = None if targets is None else [ClassifierOutputTarget(t) for t in targets[s : s + batch_size]]
+                tb = (
+                    None
+                    if targets is None
+                    else [ClassifierOutputTarget(t) for t in targets[s : s + batch_size]]
+                )
                 out = cam(input_tensor=xb, targets=tb)
                 maps.append(torch.from_numpy(np.asarray(out, dtype=np.float32)))
                 cam.outputs = None  # drop the graph kept for retain_graph before the next batch
@@ -94,7 +106,9 @@ def gradcam(
     return torch.cat(maps).clamp_(0.0, 1.0)  # [B, H, W]
 
 
-def overlay(image: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+def overlay(
+    image: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5, colormap: str = "jet"
+) -> np.ndarray:
     """Blend a Grad-CAM map, coloured with a matplotlib colormap, over an image.
 
     Args:
@@ -111,7 +125,9 @@ def overlay(image: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5, colormap
     if image.dim() != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"image must be [C, H, W] with C = 1 or 3, got {tuple(image.shape)}")
     if cam.shape != image.shape[1:]:
-        raise ValueError(f"cam must be [H, W] = {tuple(image.shape[1:])} to match the image, got {tuple(cam.shape)}")
+        raise ValueError(
+            f"cam must be [H, W] = {tuple(image.shape[1:])} to match the image, got {tuple(cam.shape)}"
+        )
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     rgb = image.expand(3, -1, -1).permute(1, 2, 0).clamp(0, 1).numpy()  # [H, W, 3]
@@ -135,10 +151,17 @@ def cam_mass_in_mask(cam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """
     cam = torch.as_tensor(cam).float()
     mask = torch.as_tensor(mask)
-    if cam.dim() != 3 or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != cam.shape[0] \
-            or mask.shape[2:] != cam.shape[1:]:
-        raise ValueError(f"expected cam [B, H, W] and mask [B, 1, H, W] of the same B, H, W; "
-                         f"got {tuple(cam.shape)} and {tuple(mask.shape)}")
+    if (
+        cam.dim() != 3
+        or mask.dim() != 4
+        or mask.shape[1] != 1
+        or mask.shape[0] != cam.shape[0]
+        or mask.shape[2:] != cam.shape[1:]
+    ):
+        raise ValueError(
+            f"expected cam [B, H, W] and mask [B, 1, H, W] of the same B, H, W; "
+            f"got {tuple(cam.shape)} and {tuple(mask.shape)}"
+        )
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype}")
     if (cam < 0).any():

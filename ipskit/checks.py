@@ -13,6 +13,7 @@ Usage:
     grid = check_int("grid", grid, minimum=2, why="(a single patch cannot be swapped)")
     pr = check_float("pr", pr, 0.0, 1.0)
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ def _is_bool(value) -> bool:
     return isinstance(value, (bool, np.bool_))
 
 
-def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None,
-              why: str = "") -> int:
+def check_int(
+    name: str, value, minimum: int | None = None, maximum: int | None = None, why: str = ""
+) -> int:
     """``value`` as an ``int`` (Python or NumPy integer, not bool) in ``[minimum, maximum]``.
 
     Raises:
@@ -49,8 +51,14 @@ def check_int(name: str, value, minimum: int | None = None, maximum: int | None 
     return value
 
 
-def check_float(name: str, value, lo: float | None = None, hi: float | None = None,
-                lo_open: bool = False, hi_open: bool = False) -> float:
+def check_float(
+    name: str,
+    value,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
     """``value`` as a finite ``float`` (int, float or NumPy number, not bool) within the bounds.
 
     Raises:
@@ -62,11 +70,14 @@ def check_float(name: str, value, lo: float | None = None, hi: float | None = No
     value = float(value)
     if not math.isfinite(value):
         raise InputError(f"{name} must be a finite number, got {value!r}")
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
-          (hi is not None and (value >= hi if hi_open else value > hi))
+    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
+        hi is not None and (value >= hi if hi_open else value > hi)
+    )
     if bad:
-        interval = (f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, "
-                    f"{'inf' if hi is None else hi}{')' if hi_open else ']'}")
+        interval = (
+            f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, "
+            f"{'inf' if hi is None else hi}{')' if hi_open else ']'}"
+        )
         raise InputError(f"{name} must be in {interval}, got {value!r}")
     return value
 
@@ -89,7 +100,8 @@ def check_device(device) -> str:
     """``device`` if it names a device ipskit can be asked for: auto, cpu, cuda, cuda:N or mps
     (whether that device is present is checked when it is used)."""
     kind = device.split(":")[0] if isinstance(device, str) else None
-    if kind not in ("auto", "cpu", "cuda", "mps") or (":" in device and (
-            kind != "cuda" or not device.split(":", 1)[1].isdigit())):
+    if kind not in ("auto", "cpu", "cuda", "mps") or (
+        ":" in device and (kind != "cuda" or not device.split(":", 1)[1].isdigit())
+    ):
         raise InputError(f"device {device!r} is not one of: auto, cpu, cuda, cuda:N, mps")
     return device

@@ -16,6 +16,7 @@ Method, dataset and model names are checked against ``ipskit.registry`` (which i
 nothing from the rest of ipskit); the grid is checked against the image size once the data is
 loaded.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,14 @@ from dataclasses import dataclass, field
 __all__ = ["TrainConfig", "METHOD_NAMES", "MIXERS", "SCHEDULES", "KD_DIRECTIONS", "NOISE_KINDS"]
 
 from ipskit.checks import InputError, check_device
-from ipskit.registry import DATASETS, IMAGEFOLDER, METHOD_NAMES, METHODS, MIXERS, MODELS, swaps_patches
+from ipskit.registry import (
+    DATASETS,
+    IMAGEFOLDER,
+    METHOD_NAMES,
+    METHODS,
+    MIXERS,
+    MODELS,
+)
 
 SCHEDULES = ("cosine", "step")
 MAX_IMAGE_SIZE = 1024  # pixels a side: 1024^2 x 3 bytes = 3 MB an image, in memory
@@ -49,134 +57,223 @@ class TrainConfig:
 
     # --- data ---------------------------------------------------------------------------------
     dataset: str = setting(
-        "digits", "digits | cifar10 | cifar100 | imagefolder:PATH. digits (sklearn, 1,797 "
+        "digits",
+        "digits | cifar10 | cifar100 | imagefolder:PATH. digits (sklearn, 1,797 "
         "images, no download) trains in seconds on a CPU, so it is the default; use cifar100 "
-        "with a GPU to test the paper's claims at scale.", group="data")
+        "with a GPU to test the paper's claims at scale.",
+        group="data",
+    )
     data_root: str = setting(
-        "data", "folder where datasets are stored/downloaded (path).", group="data")
+        "data", "folder where datasets are stored/downloaded (path).", group="data"
+    )
     image_size: int | None = setting(
-        None, "side in pixels images are resized to, 4..1024; default: the dataset's own (16 for "
+        None,
+        "side in pixels images are resized to, 4..1024; default: the dataset's own (16 for "
         "digits, 32 for CIFAR). Larger digits images give the patch grid more room.",
-        group="data")
+        group="data",
+    )
     max_train_samples: int | None = setting(
-        None, "use only this many training images (a seeded random subset), >= 2; default all. "
-        "For quick runs and tests.", group="data")
+        None,
+        "use only this many training images (a seeded random subset), >= 2; default all. "
+        "For quick runs and tests.",
+        group="data",
+    )
     augment: bool = setting(
-        True, "the dataset's standard augmentation (random crop + flip where it makes sense). "
-        "On by default: every method gets the same augmentation.", group="data")
+        True,
+        "the dataset's standard augmentation (random crop + flip where it makes sense). "
+        "On by default: every method gets the same augmentation.",
+        group="data",
+    )
     label_noise: float = setting(
-        0.0, "share of training labels changed to a wrong class, in [0, 1). 0 by default; the "
-        "paper reports IPS holding up at high noise (e.g. 0.8).", group="data")
+        0.0,
+        "share of training labels changed to a wrong class, in [0, 1). 0 by default; the "
+        "paper reports IPS holding up at high noise (e.g. 0.8).",
+        group="data",
+    )
     label_noise_kind: str = setting(
-        "symmetric", "symmetric (uniform over the other classes) or pairflip (c -> c+1).",
-        choices=NOISE_KINDS, group="data")
+        "symmetric",
+        "symmetric (uniform over the other classes) or pairflip (c -> c+1).",
+        choices=NOISE_KINDS,
+        group="data",
+    )
     fast_path: bool = setting(
-        True, "keep the training set as one uint8 tensor on the device and augment whole "
+        True,
+        "keep the training set as one uint8 tensor on the device and augment whole "
         "batches there (no DataLoader workers). Much faster for small images; turn off for "
-        "datasets that do not fit in memory.", group="data")
+        "datasets that do not fit in memory.",
+        group="data",
+    )
     num_workers: int = setting(
-        0, "DataLoader worker processes when fast_path is off, >= 0. 0 by default: no process "
-        "start-up cost on small data; use 4-8 for imagefolder data.", group="data")
+        0,
+        "DataLoader worker processes when fast_path is off, >= 0. 0 by default: no process "
+        "start-up cost on small data; use 4-8 for imagefolder data.",
+        group="data",
+    )
 
     # --- model and method ----------------------------------------------------------------------
     model: str = setting(
-        "resnet8", "architecture name from ipskit.models.MODELS. resnet8 is small enough to "
-        "train on a CPU and still shows method differences.", group="model")
+        "resnet8",
+        "architecture name from ipskit.models.MODELS. resnet8 is small enough to "
+        "train on a CPU and still shows method differences.",
+        group="model",
+    )
     method: str = setting(
-        "ips", "training method: " + ", ".join(METHOD_NAMES) + ". Pair methods (ips, cskd) "
-        "load 2 images per sample.", choices=METHOD_NAMES, group="method")
+        "ips",
+        "training method: " + ", ".join(METHOD_NAMES) + ". Pair methods (ips, cskd) "
+        "load 2 images per sample.",
+        choices=METHOD_NAMES,
+        group="method",
+    )
     grid: int = setting(
-        4, "IPS patch grid g: each image is cut into g x g patches, >= 2 and <= image side. "
+        4,
+        "IPS patch grid g: each image is cut into g x g patches, >= 2 and <= image side. "
         "4 gives 4-pixel patches on 16x16 digits and 8-pixel patches on 32x32 CIFAR.",
-        group="method")
+        group="method",
+    )
     patch_size: int | None = setting(
-        None, "IPS patch side in pixels; if set it replaces grid (g = image side / patch_size, "
-        "must divide the side).", group="method")
+        None,
+        "IPS patch side in pixels; if set it replaces grid (g = image side / patch_size, "
+        "must divide the side).",
+        group="method",
+    )
     pr: float = setting(
-        0.5, "IPS swap probability per pair, in [0, 1]. 0.5 is the paper's best value; high "
-        "values over-smooth the predictions.", group="method")
+        0.5,
+        "IPS swap probability per pair, in [0, 1]. 0.5 is the paper's best value; high "
+        "values over-smooth the predictions.",
+        group="method",
+    )
     swap_fraction: float | None = setting(
-        None, "fixed share of patches swapped, in (0, 1); default: the number of patches is "
-        "uniform in 1..g*g-1.", group="method")
+        None,
+        "fixed share of patches swapped, in (0, 1); default: the number of patches is "
+        "uniform in 1..g*g-1.",
+        group="method",
+    )
     temperature: float = setting(
-        4.0, "IPS KL temperature T, > 0. 4 as in CS-KD and the paper.", group="method")
-    alpha: float = setting(
-        1.0, "IPS weight of the KL term, >= 0. 1 by default.", group="method")
+        4.0, "IPS KL temperature T, > 0. 4 as in CS-KD and the paper.", group="method"
+    )
+    alpha: float = setting(1.0, "IPS weight of the KL term, >= 0. 1 by default.", group="method")
     gamma: float = setting(
-        1.0, "IPS weight of the cross-entropy term, >= 0. 1 by default.", group="method")
+        1.0, "IPS weight of the cross-entropy term, >= 0. 1 by default.", group="method"
+    )
     kd_direction: str = setting(
-        "symmetric", "IPS KL direction: symmetric (both sides teach each other, the paper) or "
-        "confident (the side more sure of the true class teaches).", choices=KD_DIRECTIONS,
-        group="method")
+        "symmetric",
+        "IPS KL direction: symmetric (both sides teach each other, the paper) or "
+        "confident (the side more sure of the true class teaches).",
+        choices=KD_DIRECTIONS,
+        group="method",
+    )
     detach_target: bool = setting(
-        True, "IPS: stop gradients through the target side of each KL, as CS-KD does. "
-        "--no-detach-target with symmetric KL and no T^2 is the blog's intent.", group="method")
+        True,
+        "IPS: stop gradients through the target side of each KL, as CS-KD does. "
+        "--no-detach-target with symmetric KL and no T^2 is the blog's intent.",
+        group="method",
+    )
     t2_scale: bool = setting(
-        False, "IPS: multiply the KL by T^2 (Hinton et al.). Off by default: at CPU scale it "
-        "over-smoothed predictions (see docs/METHOD.md).", group="method")
+        False,
+        "IPS: multiply the KL by T^2 (Hinton et al.). Off by default: at CPU scale it "
+        "over-smoothed predictions (see docs/METHOD.md).",
+        group="method",
+    )
     smoothing: float = setting(
-        0.1, "label_smoothing method: epsilon in [0, 1). 0.1, the usual value (Szegedy et al. "
-        "2016).", group="method")
+        0.1,
+        "label_smoothing method: epsilon in [0, 1). 0.1, the usual value (Szegedy et al. 2016).",
+        group="method",
+    )
     cskd_temperature: float = setting(
-        4.0, "cskd: KL temperature, > 0. 4 as in Yun et al. 2020.", group="method")
+        4.0, "cskd: KL temperature, > 0. 4 as in Yun et al. 2020.", group="method"
+    )
     cskd_lambda: float = setting(
-        1.0, "cskd: weight of the class-wise KL term, >= 0. 1 as in Yun et al. 2020 (CIFAR).",
-        group="method")
+        1.0,
+        "cskd: weight of the class-wise KL term, >= 0. 1 as in Yun et al. 2020 (CIFAR).",
+        group="method",
+    )
     mix_alpha: float = setting(
-        1.0, "cutmix/mixup: Beta(alpha, alpha) parameter, > 0. 1 (uniform mixing ratio) as in "
-        "both papers' CIFAR settings.", group="method")
+        1.0,
+        "cutmix/mixup: Beta(alpha, alpha) parameter, > 0. 1 (uniform mixing ratio) as in "
+        "both papers' CIFAR settings.",
+        group="method",
+    )
     mix_prob: float = setting(
-        0.5, "cutmix/mixup: probability a batch is mixed, in [0, 1]. 0.5 as in the CutMix "
-        "paper's CIFAR recipe; MixUp's paper mixes every batch (1.0).", group="method")
+        0.5,
+        "cutmix/mixup: probability a batch is mixed, in [0, 1]. 0.5 as in the CutMix "
+        "paper's CIFAR recipe; MixUp's paper mixes every batch (1.0).",
+        group="method",
+    )
     cutout_size: int | None = setting(
-        None, "cutout: side of the square cut out, in pixels, >= 1; default half the image side "
-        "(16 px at 32x32, DeVries & Taylor's CIFAR-10 value).", group="method")
+        None,
+        "cutout: side of the square cut out, in pixels, >= 1; default half the image side "
+        "(16 px at 32x32, DeVries & Taylor's CIFAR-10 value).",
+        group="method",
+    )
 
     # --- optimisation --------------------------------------------------------------------------
     epochs: int = setting(
-        15, "training epochs, >= 1. 15 lets a small model converge on digits in about a "
-        "minute on a CPU; CIFAR recipes use 200-240.")
+        15,
+        "training epochs, >= 1. 15 lets a small model converge on digits in about a "
+        "minute on a CPU; CIFAR recipes use 200-240.",
+    )
     batch_size: int = setting(
-        64, "samples per step on each process, >= 1 (pair methods load 2x as many images). 64 "
-        "gives digits ~22 steps per epoch; 128 is the CIFAR standard.")
+        64,
+        "samples per step on each process, >= 1 (pair methods load 2x as many images). 64 "
+        "gives digits ~22 steps per epoch; 128 is the CIFAR standard.",
+    )
     lr: float = setting(
-        0.05, "peak learning rate for SGD, > 0. 0.05 at batch 64 follows the linear rule from "
-        "0.1 at batch 128, the CIFAR ResNet standard.")
+        0.05,
+        "peak learning rate for SGD, > 0. 0.05 at batch 64 follows the linear rule from "
+        "0.1 at batch 128, the CIFAR ResNet standard.",
+    )
     momentum: float = setting(0.9, "SGD momentum, in [0, 1). 0.9, the standard value.")
     weight_decay: float = setting(
-        5e-4, "L2 weight decay, >= 0. 5e-4, the usual CIFAR ResNet value.")
+        5e-4, "L2 weight decay, >= 0. 5e-4, the usual CIFAR ResNet value."
+    )
     schedule: str = setting(
-        "cosine", "learning-rate schedule: cosine (to 0 at the end) or step (x0.1 at 50% and "
-        "75% of training). Cosine has no milestones to tune.", choices=SCHEDULES)
+        "cosine",
+        "learning-rate schedule: cosine (to 0 at the end) or step (x0.1 at 50% and "
+        "75% of training). Cosine has no milestones to tune.",
+        choices=SCHEDULES,
+    )
     warmup_epochs: float = setting(
-        0.0, "linear warm-up from 0 over this many epochs, >= 0 (may be fractional). 0 by "
-        "default; use 1-5 with large batches.")
+        0.0,
+        "linear warm-up from 0 over this many epochs, >= 0 (may be fractional). 0 by "
+        "default; use 1-5 with large batches.",
+    )
     seed: int = setting(
-        0, "seed of everything random (weights, order, pairs, swaps, augmentation), >= 0. "
-        "Compare methods over several seeds.")
+        0,
+        "seed of everything random (weights, order, pairs, swaps, augmentation), >= 0. "
+        "Compare methods over several seeds.",
+    )
 
     # --- runtime -------------------------------------------------------------------------------
     device: str = setting(
-        "auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.", group="runtime")
+        "auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.", group="runtime"
+    )
     amp: bool | None = setting(
-        None, "bf16 autocast. Default: on for CUDA, off elsewhere (slow on CPU).",
-        group="runtime")
+        None, "bf16 autocast. Default: on for CUDA, off elsewhere (slow on CPU).", group="runtime"
+    )
     channels_last: bool | None = setting(
-        None, "channels-last memory format. Default: on for CUDA (faster convolutions), off "
-        "elsewhere.", group="runtime")
+        None,
+        "channels-last memory format. Default: on for CUDA (faster convolutions), off elsewhere.",
+        group="runtime",
+    )
     compile: bool = setting(
-        False, "torch.compile the model. Off by default: compiling costs more than it saves on "
-        "short runs.", group="runtime")
+        False,
+        "torch.compile the model. Off by default: compiling costs more than it saves on "
+        "short runs.",
+        group="runtime",
+    )
     out_dir: str = setting("runs", "folder holding run folders (path).", group="runtime")
     name: str | None = setting(
-        None, "run folder name under out_dir (may contain /); default "
-        "<method>-<dataset>-<model>-s<seed>.", group="runtime")
+        None,
+        "run folder name under out_dir (may contain /); default "
+        "<method>-<dataset>-<model>-s<seed>.",
+        group="runtime",
+    )
 
     def __post_init__(self):
         self.validate()
 
     # -------------------------------------------------------------------------------------------
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
@@ -195,7 +292,7 @@ class TrainConfig:
         return METHODS[self.method].needs_pairs
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         """Build from a dict such as config.json, ignoring keys that are not settings."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
@@ -215,14 +312,20 @@ class TrainConfig:
         _at_least("seed", self.seed, 0)
         _at_least("num_workers", self.num_workers, 0)
         _at_least("grid", self.grid, 2, "(a single patch cannot be swapped)")
-        optional_minima = {"image_size": 4, "patch_size": 1, "cutout_size": 1,
-                           "max_train_samples": 2}
+        optional_minima = {
+            "image_size": 4,
+            "patch_size": 1,
+            "cutout_size": 1,
+            "max_train_samples": 2,
+        }
         for name, lo in optional_minima.items():
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), lo)
         if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
-            raise InputError(f"image_size must be <= {MAX_IMAGE_SIZE} (every image is held in "
-                             f"memory at this size), got {self.image_size}")
+            raise InputError(
+                f"image_size must be <= {MAX_IMAGE_SIZE} (every image is held in "
+                f"memory at this size), got {self.image_size}"
+            )
         _in_range("pr", self.pr, 0, 1)
         _in_range("label_noise", self.label_noise, 0, 1, hi_open=True)
         _in_range("smoothing", self.smoothing, 0, 1, hi_open=True)
@@ -235,15 +338,20 @@ class TrainConfig:
         for name in ("alpha", "gamma", "cskd_lambda", "weight_decay", "warmup_epochs"):
             _at_least(name, getattr(self, name), 0)
         if self.warmup_epochs >= self.epochs:
-            raise InputError(f"warmup_epochs {self.warmup_epochs} must be below epochs "
-                             f"{self.epochs}")
+            raise InputError(
+                f"warmup_epochs {self.warmup_epochs} must be below epochs {self.epochs}"
+            )
         check_device(self.device)
         if not self.out_dir:
             raise InputError("out_dir must be a non-empty path")
-        if self.name is not None and (self.name.startswith("/") or any(
-                part in ("", ".", "..") for part in self.name.replace("\\", "/").split("/"))):
-            raise InputError(f"name {self.name!r} must be a relative folder name inside "
-                             f"out_dir: parts separated by '/', none empty, '.' or '..'")
+        if self.name is not None and (
+            self.name.startswith("/")
+            or any(part in ("", ".", "..") for part in self.name.replace("\\", "/").split("/"))
+        ):
+            raise InputError(
+                f"name {self.name!r} must be a relative folder name inside "
+                f"out_dir: parts separated by '/', none empty, '.' or '..'"
+            )
 
     def check_image_size(self, image_size: int) -> int:
         """The IPS grid g for images of side ``image_size``; ValueError if it cannot split them.
@@ -255,16 +363,21 @@ class TrainConfig:
         """
         if self.patch_size is not None:
             if image_size % self.patch_size or self.patch_size >= image_size:
-                raise InputError(f"patch_size {self.patch_size} does not split {image_size}x"
-                                 f"{image_size} images into 2 or more whole patches per side; "
-                                 f"use a divisor of {image_size} or --grid")
+                raise InputError(
+                    f"patch_size {self.patch_size} does not split {image_size}x"
+                    f"{image_size} images into 2 or more whole patches per side; "
+                    f"use a divisor of {image_size} or --grid"
+                )
             return image_size // self.patch_size
         if self.grid > image_size:
-            raise InputError(f"grid {self.grid} cannot split {image_size}x{image_size} images "
-                             f"(a patch needs at least 1 pixel); use grid <= {image_size}")
+            raise InputError(
+                f"grid {self.grid} cannot split {image_size}x{image_size} images "
+                f"(a patch needs at least 1 pixel); use grid <= {image_size}"
+            )
         if self.method.endswith("cutout") and (self.cutout_size or 0) > image_size:
-            raise InputError(f"cutout_size {self.cutout_size} is larger than the {image_size}"
-                             f"-pixel image side")
+            raise InputError(
+                f"cutout_size {self.cutout_size} is larger than the {image_size}-pixel image side"
+            )
         return self.grid
 
 
@@ -284,8 +397,10 @@ def _check_type(name, value, annotation: str):
     if base == "float" and isinstance(value, float) and not math.isfinite(value):
         raise InputError(f"{name} must be a finite number, got {value!r}")
     if not ok:
-        raise TypeError(f"{name} must be {base}{' or None' if optional else ''}, got "
-                        f"{type(value).__name__} {value!r}")
+        raise TypeError(
+            f"{name} must be {base}{' or None' if optional else ''}, got "
+            f"{type(value).__name__} {value!r}"
+        )
 
 
 def _choice(name, value, allowed):
@@ -313,12 +428,13 @@ def _in_range(name, value, lo, hi, lo_open=False, hi_open=False):
 
 def _check_dataset(name: str):
     if name.startswith(IMAGEFOLDER):
-        if not name[len(IMAGEFOLDER):]:
+        if not name[len(IMAGEFOLDER) :]:
             raise InputError("dataset imagefolder:PATH needs a path after the colon")
         return
     if name not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}; choose one of: "
-                         f"{', '.join(DATASETS)}, imagefolder:PATH")
+        raise InputError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, imagefolder:PATH"
+        )
 
 
 def _check_model(name: str):

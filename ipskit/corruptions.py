@@ -48,7 +48,13 @@ SEVERITY_PARAMS: dict[str, tuple] = {
     "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),  # share of values set to 0 or 1
     "speckle_noise": (0.06, 0.10, 0.12, 0.16, 0.20),  # std of multiplicative noise
     "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),  # sigma, px at 32 px
-    "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.6), (1.5, 0.6)),  # (disk radius, alias sigma) px
+    "defocus_blur": (
+        (0.3, 0.4),
+        (0.4, 0.5),
+        (0.5, 0.6),
+        (1.0, 0.6),
+        (1.5, 0.6),
+    ),  # (disk radius, alias sigma) px
     "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),  # factor towards the per-channel mean
     "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),  # added to HSV value
     "jpeg_compression": (80, 65, 58, 50, 40),  # JPEG quality
@@ -91,7 +97,9 @@ def _disk_kernel(radius: float, alias_sigma: float, device: torch.device) -> tor
     t = torch.arange(-r, r + 1, dtype=torch.float32, device=device)
     disk = ((t[:, None] ** 2 + t[None, :] ** 2) <= radius**2).float()
     g = _gauss_kernel1d(alias_sigma, device)
-    disk = F.conv2d(disk[None, None], (g[:, None] * g[None, :])[None, None], padding=g.numel() // 2)[0, 0]
+    disk = F.conv2d(
+        disk[None, None], (g[:, None] * g[None, :])[None, None], padding=g.numel() // 2
+    )[0, 0]
     return disk / disk.sum()  # [2r+1, 2r+1]
 
 
@@ -114,23 +122,31 @@ def _rand(shape, x: torch.Tensor, generator: torch.Generator | None) -> torch.Te
 def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     # Pillow's codec, as in make_cifar_c.py (torchvision's encode_jpeg is deprecated since 0.29);
     # JPEG cannot be vectorised, so this is the one per-image loop, on uint8 CPU arrays.
-    u8 = (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # [B, H, W, C]
+    u8 = (
+        (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    )  # [B, H, W, C]
     out = np.empty_like(u8)
     for i, img in enumerate(u8):
         buf = io.BytesIO()
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="JPEG", quality=quality)
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(
+            buf, format="JPEG", quality=quality
+        )
         out[i] = np.asarray(Image.open(buf)).reshape(img.shape)
     return torch.from_numpy(out).permute(0, 3, 1, 2).to(x.device, torch.float32) / 255.0
 
 
-def _elastic(x: torch.Tensor, shift: float, sigma: float, generator: torch.Generator | None) -> torch.Tensor:
+def _elastic(
+    x: torch.Tensor, shift: float, sigma: float, generator: torch.Generator | None
+) -> torch.Tensor:
     b, _, h, w = x.shape
     # 1. Draw a smooth random displacement field, each image's largest shift = `shift` px.
     field = _gaussian_blur(_rand((b, 2, h, w), x, generator) * 2 - 1, sigma)  # [B, 2, H, W]
     field = field / field.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8) * shift
     # 2. Resample the image at the displaced positions (grid_sample wants [-1, 1] coordinates).
     ys, xs = torch.meshgrid(
-        torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device), indexing="ij"
+        torch.linspace(-1, 1, h, device=x.device),
+        torch.linspace(-1, 1, w, device=x.device),
+        indexing="ij",
     )
     gx = xs + field[:, 0] * 2 / max(w - 1, 1)
     gy = ys + field[:, 1] * 2 / max(h - 1, 1)
@@ -154,7 +170,9 @@ def corrupt(
         corrupted images ``[B, C, H, W]`` in [0, 1], same device and float dtype as ``x``.
     """
     if not isinstance(name, str) or name not in SEVERITY_PARAMS:
-        raise InputError(f"unknown corruption {name!r}; known corruptions: {', '.join(CORRUPTIONS)}")
+        raise InputError(
+            f"unknown corruption {name!r}; known corruptions: {', '.join(CORRUPTIONS)}"
+        )
     severity = check_int("corruption severity", severity, 1, 5)
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] not in (1, 3):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -162,7 +180,9 @@ def corrupt(
     if not x.dtype.is_floating_point:
         raise InputError(f"x must be a float tensor in [0, 1], got dtype {x.dtype}")
     if x.numel() and (float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6):
-        raise InputError(f"x must be in [0, 1], got values in [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+        raise InputError(
+            f"x must be in [0, 1], got values in [{float(x.min()):.3g}, {float(x.max()):.3g}]"
+        )
     c = SEVERITY_PARAMS[name][severity - 1]
     dtype = x.dtype
     x = x.float()
@@ -201,4 +221,3 @@ def corrupt(
     else:  # elastic_transform
         out = _elastic(x, _spatial(c[0], x), _spatial(c[1], x), generator)
     return out.clamp(0.0, 1.0).to(dtype)
-

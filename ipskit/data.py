@@ -45,6 +45,7 @@ Usage::
         for x, y in loader:          # x: [B, 1, 16, 16] float in [0, 1], y: [B] int64
             ...
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,10 +56,10 @@ import os
 import sys
 import tarfile
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -67,13 +68,35 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ipskit.augment import AugmentParams, AugmentSpec, apply_augment, augment_batch, draw_augment, to_float01
+from ipskit.augment import (
+    AugmentParams,
+    AugmentSpec,
+    apply_augment,
+    augment_batch,
+    draw_augment,
+    to_float01,
+)
 from ipskit.checks import InputError, check_bool, check_float, check_int
 from ipskit.runs import atomic_write
 
-__all__ = ["DATASETS", "AugmentParams", "AugmentSpec", "DatasetBundle", "DatasetUnavailableError", "ImageFileDataset",
-           "InMemoryLoader", "TensorImageDataset", "apply_augment", "augment_batch", "derive_seed",
-           "draw_augment", "image_from_bytes", "load_dataset", "stratified_split", "to_float01"]
+__all__ = [
+    "DATASETS",
+    "AugmentParams",
+    "AugmentSpec",
+    "DatasetBundle",
+    "DatasetUnavailableError",
+    "ImageFileDataset",
+    "InMemoryLoader",
+    "TensorImageDataset",
+    "apply_augment",
+    "augment_batch",
+    "derive_seed",
+    "draw_augment",
+    "image_from_bytes",
+    "load_dataset",
+    "stratified_split",
+    "to_float01",
+]
 
 DATASETS = ("digits", "cifar10", "cifar100")  # plus "imagefolder:PATH"
 
@@ -92,14 +115,14 @@ class TensorImageDataset(Dataset):
     Items: ``(float [C, H, W] in [0, 1], int label)``.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, augment: Optional[AugmentSpec] = None):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, augment: AugmentSpec | None = None):
         self.x, self.targets, self.augment = x, y, augment
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, i: int):
-        return augment_batch(self.x[i:i + 1], self.augment)[0], int(self.targets[i])
+        return augment_batch(self.x[i : i + 1], self.augment)[0], int(self.targets[i])
 
 
 class ImageFileDataset(Dataset):
@@ -110,9 +133,21 @@ class ImageFileDataset(Dataset):
         mode: PIL mode ``"L"`` or ``"RGB"``; augment: as in :class:`TensorImageDataset`.
     """
 
-    def __init__(self, paths: Sequence[str], targets: torch.Tensor, image_size: int, mode: str,
-                 augment: Optional[AugmentSpec] = None):
-        self.paths, self.targets, self.image_size, self.mode, self.augment = list(paths), targets, image_size, mode, augment
+    def __init__(
+        self,
+        paths: Sequence[str],
+        targets: torch.Tensor,
+        image_size: int,
+        mode: str,
+        augment: AugmentSpec | None = None,
+    ):
+        self.paths, self.targets, self.image_size, self.mode, self.augment = (
+            list(paths),
+            targets,
+            image_size,
+            mode,
+            augment,
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -148,7 +183,9 @@ def _fit_image(img: Image.Image, size: int, mode: str) -> torch.Tensor:
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     img = img.resize((nw, nh), Image.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2
-    t = torch.from_numpy(np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8).copy())
+    t = torch.from_numpy(
+        np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
+    )
     return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
 
@@ -156,7 +193,9 @@ class _BadImageFile(InputError):
     """An image file that cannot be used; ``path`` and ``problem`` for the skip warning."""
 
     def __init__(self, path: str, problem: str):
-        super().__init__(f"bad image file {path}: {problem}; fix or remove it, or load with skip_bad_files=True")
+        super().__init__(
+            f"bad image file {path}: {problem}; fix or remove it, or load with skip_bad_files=True"
+        )
         self.path, self.problem = path, problem
 
 
@@ -191,8 +230,11 @@ def _probe_image(path: str) -> str:
     except _PIL_ERRORS as err:
         raise _bad_image(path, err) from None
     if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
-        raise _BadImageFile(path, f"{w}x{h} pixels is more than the {Image.MAX_IMAGE_PIXELS} PIL decodes "
-                                  "without suspecting a decompression bomb")
+        raise _BadImageFile(
+            path,
+            f"{w}x{h} pixels is more than the {Image.MAX_IMAGE_PIXELS} PIL decodes "
+            "without suspecting a decompression bomb",
+        )
     return mode
 
 
@@ -215,11 +257,17 @@ def _read_image(path: str, size: int, mode: str) -> torch.Tensor:
 
 
 MAX_IMAGE_BYTES = 5 * 2**20  # image_from_bytes refuses larger files
-MAX_IMAGE_SIDE = 4096        # ... and images wider or taller than this (decompression bombs)
+MAX_IMAGE_SIDE = 4096  # ... and images wider or taller than this (decompression bombs)
 
 
-def image_from_bytes(data: bytes, in_channels: int, size: int, invert: bool = False,
-                     max_bytes: int = MAX_IMAGE_BYTES, max_side: int = MAX_IMAGE_SIDE) -> torch.Tensor:
+def image_from_bytes(
+    data: bytes,
+    in_channels: int,
+    size: int,
+    invert: bool = False,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    max_side: int = MAX_IMAGE_SIDE,
+) -> torch.Tensor:
     """An image file's bytes (an upload, say) as one model input, prepared like ``imagefolder``
     data: shorter side resized to ``size``, centre-cropped.
 
@@ -239,17 +287,26 @@ def image_from_bytes(data: bytes, in_channels: int, size: int, invert: bool = Fa
         raise InputError(f"in_channels must be 1 (greyscale) or 3 (RGB), got {in_channels}")
     size = check_int("size", size, minimum=1)
     if len(data) > max_bytes:
-        raise InputError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:g} MB")
+        raise InputError(
+            f"the file is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:g} MB"
+        )
     try:
         with Image.open(io.BytesIO(data)) as img:  # opening reads the header only
             w, h = img.size
             if max(w, h) > max_side:
-                raise InputError(f"the image is {w}x{h} pixels; the limit is {max_side} pixels a side")
+                raise InputError(
+                    f"the image is {w}x{h} pixels; the limit is {max_side} pixels a side"
+                )
             img.load()
             x = to_float01(_fit_image(img, size, "L" if in_channels == 1 else "RGB"))
-    except (OSError, SyntaxError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
-        raise InputError("the file is not an image that can be read (PNG, JPEG, BMP, GIF or "
-                         "WebP are accepted)") from None
+    except (
+        OSError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ):  # UnidentifiedImageError is an OSError
+        raise InputError(
+            "the file is not an image that can be read (PNG, JPEG, BMP, GIF or WebP are accepted)"
+        ) from None
     return (1.0 - x if invert else x)[None]
 
 
@@ -276,10 +333,10 @@ class DatasetBundle:
     train_dataset: Dataset
     test_dataset: Dataset
     augment: AugmentSpec
-    train_x: Optional[torch.Tensor] = None
-    train_y: Optional[torch.Tensor] = None
-    test_x: Optional[torch.Tensor] = None
-    test_y: Optional[torch.Tensor] = None
+    train_x: torch.Tensor | None = None
+    train_y: torch.Tensor | None = None
+    test_x: torch.Tensor | None = None
+    test_y: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -287,7 +344,9 @@ class DatasetBundle:
         return len(self.classes)
 
 
-def stratified_split(labels: torch.Tensor, test_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_split(
+    labels: torch.Tensor, test_fraction: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded stratified split: ``round(test_fraction * n_c)`` test items per class, at most ``n_c - 2``.
 
     At least two training items stay in every class so that same-class pairs exist.
@@ -309,12 +368,14 @@ def stratified_split(labels: torch.Tensor, test_fraction: float, seed: int = 0) 
     return torch.cat(train).sort().values, torch.cat(test).sort().values
 
 
-def _channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _channel_stats(
+    x: torch.Tensor, chunk: int = 4096
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std in [0, 1] units of uint8 ``[N, C, H, W]``."""
     s = torch.zeros(x.shape[1], dtype=torch.float64)
     s2 = torch.zeros_like(s)
     for i in range(0, len(x), chunk):
-        v = x[i:i + chunk].double()
+        v = x[i : i + chunk].double()
         s += v.sum(dim=(0, 2, 3))
         s2 += v.square().sum(dim=(0, 2, 3))
     n = x.shape[0] * x.shape[2] * x.shape[3]
@@ -329,19 +390,38 @@ def _resize_uint8(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor
         return x.round().clamp(0, 255).to(torch.uint8) if x.is_floating_point() else x
     out = []
     for i in range(0, len(x), chunk):
-        v = F.interpolate(x[i:i + chunk].float(), size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=size < x.shape[-1])
+        v = F.interpolate(
+            x[i : i + chunk].float(),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=size < x.shape[-1],
+        )
         out.append(v.round().clamp(0, 255).to(torch.uint8))
     return torch.cat(out)
 
 
-def _bundle_in_memory(name, classes, train_x, train_y, test_x, test_y, augment, stats=None) -> DatasetBundle:
+def _bundle_in_memory(
+    name, classes, train_x, train_y, test_x, test_y, augment, stats=None
+) -> DatasetBundle:
     mean, std = stats or _channel_stats(train_x)
-    return DatasetBundle(name=name, classes=list(classes), in_channels=train_x.shape[1], image_size=train_x.shape[-1],
-                         mean=mean, std=std, train_targets=train_y, test_targets=test_y,
-                         train_dataset=TensorImageDataset(train_x, train_y, augment),
-                         test_dataset=TensorImageDataset(test_x, test_y, None), augment=augment,
-                         train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+    return DatasetBundle(
+        name=name,
+        classes=list(classes),
+        in_channels=train_x.shape[1],
+        image_size=train_x.shape[-1],
+        mean=mean,
+        std=std,
+        train_targets=train_y,
+        test_targets=test_y,
+        train_dataset=TensorImageDataset(train_x, train_y, augment),
+        test_dataset=TensorImageDataset(test_x, test_y, None),
+        augment=augment,
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+    )
 
 
 # ------------------------------------------------------------------ loaders per dataset
@@ -349,11 +429,15 @@ def _load_digits(image_size: int, val_fraction: float, seed: int) -> DatasetBund
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = _resize_uint8(torch.from_numpy(d.images).float().mul(255.0 / 16.0)[:, None], image_size)  # [1797, 1, S, S]
+    x = _resize_uint8(
+        torch.from_numpy(d.images).float().mul(255.0 / 16.0)[:, None], image_size
+    )  # [1797, 1, S, S]
     y = torch.from_numpy(d.target).long()
     tr, te = stratified_split(y, val_fraction, seed)
     classes = [str(i) for i in range(10)]
-    return _bundle_in_memory("digits", classes, x[tr], y[tr], x[te], y[te], AugmentSpec.for_size(image_size, flip=False))
+    return _bundle_in_memory(
+        "digits", classes, x[tr], y[tr], x[te], y[te], AugmentSpec.for_size(image_size, flip=False)
+    )
 
 
 def _load_cifar(name: str, root: Path, image_size: int, download: bool) -> DatasetBundle:
@@ -370,7 +454,9 @@ def _load_cifar(name: str, root: Path, image_size: int, download: bool) -> Datas
     except RuntimeError:  # torchvision: "Dataset not found or corrupted"
         archive, reason = root / cls.filename, "download=False"
         try:
-            if archive.is_file():  # the archive was put there by hand: extract it, no network needed
+            if (
+                archive.is_file()
+            ):  # the archive was put there by hand: extract it, no network needed
                 extract_archive(str(archive), str(root))
                 train, test = build(False)
             elif download:
@@ -383,17 +469,36 @@ def _load_cifar(name: str, root: Path, image_size: int, download: bool) -> Datas
                 reason = " ".join(f"{type(err).__name__}: {err}".split())[:160]
             raise DatasetUnavailableError(
                 f"{name} is missing or corrupted in {root}/ and could not be fetched ({reason}); put {cls.filename} "
-                f"(from {cls.url}) or its extracted folder {cls.base_folder}/ into {root}/ and run again") from None
+                f"(from {cls.url}) or its extracted folder {cls.base_folder}/ into {root}/ and run again"
+            ) from None
     tx = torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous()  # [N, 3, 32, 32]
     vx = torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous()
-    return _bundle_in_memory(name, train.classes, _resize_uint8(tx, image_size), torch.tensor(train.targets),
-                             _resize_uint8(vx, image_size), torch.tensor(test.targets),
-                             AugmentSpec.for_size(image_size, flip=True))
+    return _bundle_in_memory(
+        name,
+        train.classes,
+        _resize_uint8(tx, image_size),
+        torch.tensor(train.targets),
+        _resize_uint8(vx, image_size),
+        torch.tensor(test.targets),
+        AugmentSpec.for_size(image_size, flip=True),
+    )
 
 
 # ------------------------------------------------------------------ image folders: scan, parallel decode, cache
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
-_CACHE_VERSION = 2  # part of every cache key: bump it when decoding changes and old cache files are ignored
+IMG_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".ppm",
+    ".bmp",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+)  # ImageFolder's
+_CACHE_VERSION = (
+    2  # part of every cache key: bump it when decoding changes and old cache files are ignored
+)
 
 
 def _inside(a: str, b: str) -> bool:
@@ -401,7 +506,7 @@ def _inside(a: str, b: str) -> bool:
     return a == b or a.startswith(os.path.join(b, ""))
 
 
-def _scan_folder(path: Path, dataset: Optional[Path] = None, walked: Optional[list] = None):
+def _scan_folder(path: Path, dataset: Path | None = None, walked: list | None = None):
     """torchvision ImageFolder's classes and samples (same order, same extensions), read with
     ``os.scandir``: no torchvision import (~1 s), and each file's size and mtime come with it.
 
@@ -439,26 +544,37 @@ def _scan_folder(path: Path, dataset: Optional[Path] = None, walked: Optional[li
         raise InputError(f"no class folders in {path}; expected {path}/<class>/<image> files")
     paths, stamps, targets = [], [], []
     for c, name in enumerate(classes):
-        images, todo = {}, [os.path.join(top, name)]  # folder -> its image entries, as os.walk(followlinks=True)
+        images, todo = (
+            {},
+            [os.path.join(top, name)],
+        )  # folder -> its image entries, as os.walk(followlinks=True)
         while todo:
             folder = todo.pop()
             try:
                 with os.scandir(folder) as it:
-                    entries = sorted(it, key=lambda e: e.name)  # which of two links to a folder wins: fixed
+                    entries = sorted(
+                        it, key=lambda e: e.name
+                    )  # which of two links to a folder wins: fixed
             except OSError:  # os.walk skips unreadable folders too
                 continue
-            todo += [e.path for e in entries if e.is_dir() and (not e.is_symlink() or follow(e.path))]
-            images[folder] = [e for e in entries if not e.is_dir() and e.name.lower().endswith(IMG_EXTENSIONS)]
+            todo += [
+                e.path for e in entries if e.is_dir() and (not e.is_symlink() or follow(e.path))
+            ]
+            images[folder] = [
+                e for e in entries if not e.is_dir() and e.name.lower().endswith(IMG_EXTENSIONS)
+            ]
         for folder in sorted(images):  # ImageFolder sorts os.walk's (folder, dirs, files) tuples
             for e in images[folder]:
                 st = e.stat()
                 paths.append(e.path)
-                stamps.append(f"{e.path[len(top):]}\0{st.st_size}\0{st.st_mtime_ns}\0")
+                stamps.append(f"{e.path[len(top) :]}\0{st.st_size}\0{st.st_mtime_ns}\0")
                 targets.append(c)
     return classes, paths, stamps, torch.tensor(targets, dtype=torch.long), skipped
 
 
-def _each_file(work, n: int, desc: str, skip_bad: bool, chunk: int = 256, workers: Optional[int] = None) -> dict:
+def _each_file(
+    work, n: int, desc: str, skip_bad: bool, chunk: int = 256, workers: int | None = None
+) -> dict:
     """Call ``work(i)`` for ``i`` in ``range(n)`` on a thread pool (PIL releases the GIL while it
     decodes and resizes), in chunks, with a progress bar.
 
@@ -507,8 +623,14 @@ def _probe_images(paths: Sequence[str], skip_bad: bool = False, **pool) -> tuple
     return modes, _each_file(probe, len(paths), "reading image headers", skip_bad, **pool)
 
 
-def _decode_images(paths: Sequence[str], size: int, mode: str, chunk: int = 256, workers: Optional[int] = None,
-                   skip_bad: bool = False) -> tuple[torch.Tensor, dict]:
+def _decode_images(
+    paths: Sequence[str],
+    size: int,
+    mode: str,
+    chunk: int = 256,
+    workers: int | None = None,
+    skip_bad: bool = False,
+) -> tuple[torch.Tensor, dict]:
     """Decode image files as ``imagefolder`` data, in order, on a thread pool.
 
     Returns:
@@ -525,7 +647,7 @@ def _decode_images(paths: Sequence[str], size: int, mode: str, chunk: int = 256,
     return out, _each_file(decode, len(paths), "decoding images", skip_bad, chunk, workers)
 
 
-def _cache_root(cache_dir) -> Optional[Path]:
+def _cache_root(cache_dir) -> Path | None:
     """The cache folder ``load_dataset(cache_dir=...)`` means; None when caching is off."""
     if cache_dir is False:
         return None
@@ -537,11 +659,16 @@ def _cache_root(cache_dir) -> Optional[Path]:
     return Path(cache_dir).expanduser()
 
 
-def _cache_key(image_size: int, classes: list[str], train_stamps: list[str], test_stamps: list[str]) -> str:
+def _cache_key(
+    image_size: int, classes: list[str], train_stamps: list[str], test_stamps: list[str]
+) -> str:
     """SHA-256 of everything the decoded images depend on: any changed file gives a new key (the
     PIL mode is decided by the files, so they fix it too)."""
-    h = hashlib.sha256(json.dumps([_CACHE_VERSION, image_size, classes, len(train_stamps),
-                                   len(test_stamps)]).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            [_CACHE_VERSION, image_size, classes, len(train_stamps), len(test_stamps)]
+        ).encode()
+    )
     for stamps in (train_stamps, test_stamps):
         h.update("".join(stamps).encode("utf-8", "surrogateescape"))
     return h.hexdigest()
@@ -550,8 +677,12 @@ def _cache_key(image_size: int, classes: list[str], train_stamps: list[str], tes
 def _cache_slot(path: Path, image_size: int, val_fraction: float, seed: int) -> str:
     """File-name prefix for one folder and its settings: a newer cache of it replaces the older one."""
     folder = path.resolve()
-    digest = hashlib.sha256(json.dumps([str(folder), image_size, val_fraction, seed]).encode()).hexdigest()
-    label = "".join(c if c.isalnum() or c in "._-" else "_" for c in folder.name)[:40]  # readable, a safe name
+    digest = hashlib.sha256(
+        json.dumps([str(folder), image_size, val_fraction, seed]).encode()
+    ).hexdigest()
+    label = "".join(c if c.isalnum() or c in "._-" else "_" for c in folder.name)[
+        :40
+    ]  # readable, a safe name
     return f"imagefolder-{label}-{image_size}px-{digest[:12]}-"
 
 
@@ -564,29 +695,46 @@ def _read_cache(file: Path, key: str):
             if str(z["key"]) != key:
                 return None
             train_x, test_x, stats = z["train_x"], z["test_x"], z["stats"]
-            bad = {int(i): _BadImageFile(str(p), str(q))
-                   for i, p, q in zip(z["bad_index"], z["bad_path"], z["bad_problem"])}
-    except Exception:  # missing, truncated, corrupt or foreign: rebuilt from the images, the source of truth
+            bad = {
+                int(i): _BadImageFile(str(p), str(q))
+                for i, p, q in zip(z["bad_index"], z["bad_path"], z["bad_problem"])
+            }
+    except (
+        Exception
+    ):  # missing, truncated, corrupt or foreign: rebuilt from the images, the source of truth
         return None
-    return (torch.from_numpy(train_x), torch.from_numpy(test_x), (tuple(stats[0].tolist()), tuple(stats[1].tolist())),
-            bad)
+    return (
+        torch.from_numpy(train_x),
+        torch.from_numpy(test_x),
+        (tuple(stats[0].tolist()), tuple(stats[1].tolist())),
+        bad,
+    )
 
 
-def _write_cache(file: Path, key: str, train_x: torch.Tensor, test_x: torch.Tensor, stats, bad: dict) -> None:
+def _write_cache(
+    file: Path, key: str, train_x: torch.Tensor, test_x: torch.Tensor, stats, bad: dict
+) -> None:
     """Save the decoded images atomically as a plain uncompressed ``.npz``; drop older caches of the
     same folder. An unwritable folder costs one warning line, not the load."""
-    arrays = dict(key=np.array(key), train_x=train_x.numpy(), test_x=test_x.numpy(),
-                  stats=np.array(stats, dtype=np.float64), bad_index=np.array(list(bad), dtype=np.int64),
-                  bad_path=np.array([e.path for e in bad.values()], dtype=str),
-                  bad_problem=np.array([e.problem for e in bad.values()], dtype=str))
+    arrays = dict(
+        key=np.array(key),
+        train_x=train_x.numpy(),
+        test_x=test_x.numpy(),
+        stats=np.array(stats, dtype=np.float64),
+        bad_index=np.array(list(bad), dtype=np.int64),
+        bad_path=np.array([e.path for e in bad.values()], dtype=str),
+        bad_problem=np.array([e.problem for e in bad.values()], dtype=str),
+    )
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(file, lambda f: np.savez(f, **arrays))
     except OSError as err:
-        sys.stderr.write(f"warning: decoded images not cached ({type(err).__name__}: {err}); "
-                         "set IPSKIT_CACHE_DIR to a writable folder, or pass cache_dir\n")
+        sys.stderr.write(
+            f"warning: decoded images not cached ({type(err).__name__}: {err}); "
+            "set IPSKIT_CACHE_DIR to a writable folder, or pass cache_dir\n"
+        )
         return
-    slot = file.name[:file.name.rindex("-") + 1]
+    slot = file.name[: file.name.rindex("-") + 1]
     for old in file.parent.iterdir():
         if old.name.startswith(slot) and old.suffix == ".npz" and old.name != file.name:
             old.unlink(missing_ok=True)
@@ -597,12 +745,22 @@ def _check_classes(classes: list[str], train_y: torch.Tensor, where, why: str = 
     counts = torch.bincount(train_y, minlength=len(classes))
     if int(counts.min()) < 2:
         c = int(counts.argmin())
-        raise InputError(f"class {classes[c]!r} in {where} has {int(counts[c])} image(s){why}; every class needs "
-                         "at least 2 training images (IPS pairs two images of the same class)")
+        raise InputError(
+            f"class {classes[c]!r} in {where} has {int(counts[c])} image(s){why}; every class needs "
+            "at least 2 training images (IPS pairs two images of the same class)"
+        )
 
 
-def _drop_bad(bad: dict, n_train: int, train_y: torch.Tensor, test_y: torch.Tensor, classes, where, path,
-              skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _drop_bad(
+    bad: dict,
+    n_train: int,
+    train_y: torch.Tensor,
+    test_y: torch.Tensor,
+    classes,
+    where,
+    path,
+    skip_bad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Apply the bad files ``{index into train + test: error}``: raise the first one unless
     ``skip_bad``; else warn in one line and return ``(keep, train_y, test_y)`` without them."""
     keep = torch.tensor([i not in bad for i in range(n_train + len(test_y))], dtype=torch.bool)
@@ -611,8 +769,10 @@ def _drop_bad(bad: dict, n_train: int, train_y: torch.Tensor, test_y: torch.Tens
     first = next(iter(bad.values()))
     if not skip_bad:
         raise first
-    sys.stderr.write(f"warning: skipped {len(bad)} bad image file(s) of {len(keep)} in {path} (the first: "
-                     f"{first.path}: {first.problem})\n")
+    sys.stderr.write(
+        f"warning: skipped {len(bad)} bad image file(s) of {len(keep)} in {path} (the first: "
+        f"{first.path}: {first.problem})\n"
+    )
     train_y, test_y = train_y[keep[:n_train]], test_y[keep[n_train:]]
     _check_classes(classes, train_y, where, " that can be read")
     if not len(test_y):
@@ -620,12 +780,21 @@ def _drop_bad(bad: dict, n_train: int, train_y: torch.Tensor, test_y: torch.Tens
     return keep, train_y, test_y
 
 
-def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int, max_memory_bytes: int,
-                      cache_dir, skip_bad_files: bool = False) -> DatasetBundle:
+def _load_imagefolder(
+    spec: str,
+    image_size: int,
+    val_fraction: float,
+    seed: int,
+    max_memory_bytes: int,
+    cache_dir,
+    skip_bad_files: bool = False,
+) -> DatasetBundle:
     path = Path(spec).expanduser()
     if not path.is_dir():
-        raise InputError(f"imagefolder path {str(path)!r} is not a directory; give a folder of class folders "
-                         "(PATH/<class>/*.png) or one with train/ and val/ (or test/) inside")
+        raise InputError(
+            f"imagefolder path {str(path)!r} is not a directory; give a folder of class folders "
+            "(PATH/<class>/*.png) or one with train/ and val/ (or test/) inside"
+        )
     # 1. the files: class folders, one or two levels, a seeded split where there is no val/ folder
     held_out = next((path / s for s in ("val", "test") if (path / s).is_dir()), None)
     two_level = (path / "train").is_dir() and held_out is not None
@@ -636,17 +805,23 @@ def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int
         test_classes, test_paths, test_stamps, test_y, more = _scan_folder(held_out, path, walked)
         links += more
         if test_classes != classes:
-            raise InputError(f"class folders differ: {where} has {classes}, {held_out} has {test_classes}")
+            raise InputError(
+                f"class folders differ: {where} has {classes}, {held_out} has {test_classes}"
+            )
     else:  # one level of class folders (PATH/train/ alone counts as that level)
         where = path / "train" if (path / "train").is_dir() else path
         classes, all_paths, all_stamps, train_y, links = _scan_folder(where, path, walked)
     if links:
-        sys.stderr.write(f"warning: skipped {len(links)} folder symlink(s) in {path} that lead back into it or to a "
-                         f"folder already read (the first: {links[0]}); their images would be read twice or under "
-                         "another class\n")
+        sys.stderr.write(
+            f"warning: skipped {len(links)} folder symlink(s) in {path} that lead back into it or to a "
+            f"folder already read (the first: {links[0]}); their images would be read twice or under "
+            "another class\n"
+        )
     if len(classes) < 2:
-        raise InputError(f"{where} has {len(classes)} class folder ({', '.join(classes)}); classification needs "
-                         "at least 2")
+        raise InputError(
+            f"{where} has {len(classes)} class folder ({', '.join(classes)}); classification needs "
+            "at least 2"
+        )
     _check_classes(classes, train_y, where)
     if not two_level:  # hold out a seeded stratified share of every class
         tr, te = stratified_split(train_y, val_fraction, seed)
@@ -654,46 +829,73 @@ def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int
         train_stamps, test_stamps = [all_stamps[i] for i in tr], [all_stamps[i] for i in te]
         train_y, test_y = train_y[tr], train_y[te]
     if not test_paths:
-        raise InputError(f"no held-out images for {path}: {held_out or where} leaves an empty test set; "
-                         "add images to val/ (or test/) or raise val_fraction")
+        raise InputError(
+            f"no held-out images for {path}: {held_out or where} leaves an empty test set; "
+            "add images to val/ (or test/) or raise val_fraction"
+        )
     paths, n_train, size = train_paths + test_paths, len(train_paths), image_size
     augment = AugmentSpec.for_size(image_size, flip=True)
     name = f"imagefolder:{spec}"
 
     # 2. a cache hit opens no image file (the files' stamps fix the images, the mode, the bad files)
-    root = _cache_root(cache_dir) if len(paths) * size ** 2 <= max_memory_bytes else None
+    root = _cache_root(cache_dir) if len(paths) * size**2 <= max_memory_bytes else None
     key = _cache_key(size, classes, train_stamps, test_stamps)
     file = root / f"{_cache_slot(path, size, val_fraction, seed)}{key[:16]}.npz" if root else None
     cached = _read_cache(file, key) if file else None
     if cached and cached[0].numel() + cached[1].numel() <= max_memory_bytes:
-        x, stats, bad = torch.cat(cached[:2]), cached[2], cached[3]  # the readable files, train then test
+        x, stats, bad = (
+            torch.cat(cached[:2]),
+            cached[2],
+            cached[3],
+        )  # the readable files, train then test
     else:
         # 3. every file's header: the bad ones, and the mode (RGB if any image is in colour)
         modes, bad = _probe_images(paths, skip_bad_files)
         mode = "L" if all(m in _GREY_MODES for m in modes if m is not None) else "RGB"
         channels = 1 if mode == "L" else 3
-        if (len(paths) - len(bad)) * channels * size ** 2 > max_memory_bytes:
+        if (len(paths) - len(bad)) * channels * size**2 > max_memory_bytes:
             # too big for memory: decoded on access; channel statistics from 1,000 training images
-            keep, train_y, test_y = _drop_bad(bad, n_train, train_y, test_y, classes, where, path, skip_bad_files)
+            keep, train_y, test_y = _drop_bad(
+                bad, n_train, train_y, test_y, classes, where, path, skip_bad_files
+            )
             train_paths = [p for p, k in zip(train_paths, keep[:n_train].tolist()) if k]
             test_paths = [p for p, k in zip(test_paths, keep[n_train:].tolist()) if k]
-            pick = torch.randperm(len(train_paths), generator=torch.Generator().manual_seed(seed))[:1000]
-            sample, broken = _decode_images([train_paths[i] for i in pick], size, mode, skip_bad=skip_bad_files)
-            mean, std = _channel_stats(sample[torch.tensor([i not in broken for i in range(len(sample))],
-                                                           dtype=torch.bool)])
+            pick = torch.randperm(len(train_paths), generator=torch.Generator().manual_seed(seed))[
+                :1000
+            ]
+            sample, broken = _decode_images(
+                [train_paths[i] for i in pick], size, mode, skip_bad=skip_bad_files
+            )
+            mean, std = _channel_stats(
+                sample[
+                    torch.tensor([i not in broken for i in range(len(sample))], dtype=torch.bool)
+                ]
+            )
             return DatasetBundle(
-                name=name, classes=classes, in_channels=channels, image_size=size, mean=mean, std=std,
-                train_targets=train_y, test_targets=test_y, augment=augment,
+                name=name,
+                classes=classes,
+                in_channels=channels,
+                image_size=size,
+                mean=mean,
+                std=std,
+                train_targets=train_y,
+                test_targets=test_y,
+                augment=augment,
                 train_dataset=ImageFileDataset(train_paths, train_y, size, mode, augment),
-                test_dataset=ImageFileDataset(test_paths, test_y, size, mode, None))
+                test_dataset=ImageFileDataset(test_paths, test_y, size, mode, None),
+            )
         # 4. a miss: decode the readable files once (and save them below for the next load)
         good = [i for i in range(len(paths)) if i not in bad]
         x, broken = _decode_images([paths[i] for i in good], size, mode, skip_bad=skip_bad_files)
-        x = x[torch.tensor([j not in broken for j in range(len(good))], dtype=torch.bool)]  # [N_readable, C, S, S]
+        x = x[
+            torch.tensor([j not in broken for j in range(len(good))], dtype=torch.bool)
+        ]  # [N_readable, C, S, S]
         bad = dict(sorted({**bad, **{good[j]: err for j, err in broken.items()}}.items()))
         stats = None
-    _, train_y, test_y = _drop_bad(bad, n_train, train_y, test_y, classes, where, path, skip_bad_files)
-    train_x, test_x = x[:len(train_y)], x[len(train_y):]
+    _, train_y, test_y = _drop_bad(
+        bad, n_train, train_y, test_y, classes, where, path, skip_bad_files
+    )
+    train_x, test_x = x[: len(train_y)], x[len(train_y) :]
     if stats is None:
         stats = _channel_stats(train_x)
         if file:
@@ -701,10 +903,17 @@ def _load_imagefolder(spec: str, image_size: int, val_fraction: float, seed: int
     return _bundle_in_memory(name, classes, train_x, train_y, test_x, test_y, augment, stats)
 
 
-def load_dataset(name: str = "digits", root: str | Path = "data", image_size: Optional[int] = None,
-                 val_fraction: float = 0.2, seed: int = 0, download: bool = True,
-                 max_memory_bytes: int = 2 * 1024 ** 3,
-                 cache_dir: str | os.PathLike | None | bool = None, skip_bad_files: bool = False) -> DatasetBundle:
+def load_dataset(
+    name: str = "digits",
+    root: str | Path = "data",
+    image_size: int | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    download: bool = True,
+    max_memory_bytes: int = 2 * 1024**3,
+    cache_dir: str | os.PathLike | None | bool = None,
+    skip_bad_files: bool = False,
+) -> DatasetBundle:
     """Load a dataset by name.
 
     Args:
@@ -735,13 +944,20 @@ def load_dataset(name: str = "digits", root: str | Path = "data", image_size: Op
     if not isinstance(name, str):
         raise TypeError(f"dataset name must be a str, got {type(name).__name__}")
     if image_size is not None:
-        image_size = check_int("image_size", image_size, minimum=4, why="(or None for the dataset's default)")
+        image_size = check_int(
+            "image_size", image_size, minimum=4, why="(or None for the dataset's default)"
+        )
     val_fraction = check_float("val_fraction", val_fraction, 0, 1, lo_open=True, hi_open=True)
     seed = check_int("seed", seed)
     max_memory_bytes = check_int("max_memory_bytes", max_memory_bytes, minimum=0)
-    download, skip_bad_files = check_bool("download", download), check_bool("skip_bad_files", skip_bad_files)
+    download, skip_bad_files = (
+        check_bool("download", download),
+        check_bool("skip_bad_files", skip_bad_files),
+    )
     if not (cache_dir is None or cache_dir is False or isinstance(cache_dir, (str, os.PathLike))):
-        raise TypeError(f"cache_dir must be a folder, None (the default folder) or False (no cache), got {cache_dir!r}")
+        raise TypeError(
+            f"cache_dir must be a folder, None (the default folder) or False (no cache), got {cache_dir!r}"
+        )
     key = name.strip()
     low = key.lower()
     if low == "digits":
@@ -749,9 +965,18 @@ def load_dataset(name: str = "digits", root: str | Path = "data", image_size: Op
     if low in ("cifar10", "cifar100"):
         return _load_cifar(low, Path(root), image_size or 32, download)
     if low.startswith("imagefolder:") and len(key) > len("imagefolder:"):
-        return _load_imagefolder(key[len("imagefolder:"):], image_size or 32, val_fraction, seed, max_memory_bytes,
-                                 cache_dir, skip_bad_files)
-    raise InputError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, imagefolder:PATH")
+        return _load_imagefolder(
+            key[len("imagefolder:") :],
+            image_size or 32,
+            val_fraction,
+            seed,
+            max_memory_bytes,
+            cache_dir,
+            skip_bad_files,
+        )
+    raise InputError(
+        f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, imagefolder:PATH"
+    )
 
 
 # ------------------------------------------------------------------ seeds
@@ -761,15 +986,17 @@ def derive_seed(*parts: int) -> int:
     The one seed mixer of the training loop (``ipskit.train`` re-exports it), kept here so that
     data code can use it without importing the trainer.
     """
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]
-               >> np.uint64(1))
+    return int(
+        np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]
+        >> np.uint64(1)
+    )
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     """:class:`InMemoryLoader`'s seed for an epoch. Not :func:`derive_seed`: every run trained on
     the fast path shuffled and augmented with these numbers, and a resumed run must go on
     drawing them, so this linear mix stays as it is."""
-    return (seed * 1_000_003 + epoch * 7_919 + 12_345) % (2 ** 62)
+    return (seed * 1_000_003 + epoch * 7_919 + 12_345) % (2**62)
 
 
 # ------------------------------------------------------------------ the fast path
@@ -793,16 +1020,29 @@ class InMemoryLoader:
     with a ``DistributedSampler``.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: Optional[int] = None,
-                 augment: Optional[AugmentSpec] = None, device: torch.device | str = "cpu", seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = False, batch_sampler: Optional[Iterable] = None):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int | None = None,
+        augment: AugmentSpec | None = None,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        batch_sampler: Iterable | None = None,
+    ):
         if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
-            raise TypeError(f"x must be a uint8 tensor [N, C, H, W], got {getattr(x, 'dtype', type(x))} "
-                            f"{tuple(getattr(x, 'shape', ()))}")
+            raise TypeError(
+                f"x must be a uint8 tensor [N, C, H, W], got {getattr(x, 'dtype', type(x))} "
+                f"{tuple(getattr(x, 'shape', ()))}"
+            )
         if y.dim() != 1 or len(y) != len(x):
             raise InputError(f"y must have shape [{len(x)}], got {tuple(y.shape)}")
         if batch_sampler is None:
-            batch_size = check_int("batch_size", batch_size, minimum=1, why="(or give a batch_sampler)")
+            batch_size = check_int(
+                "batch_size", batch_size, minimum=1, why="(or give a batch_sampler)"
+            )
         self.device = torch.device(device)
         self.x, self.y = x.to(self.device), y.to(self.device, torch.long)
         self.batch_size, self.augment, self.seed = batch_size, augment, seed
@@ -833,12 +1073,17 @@ class InMemoryLoader:
         s = _epoch_seed(self.seed, self.epoch)
         gen = self._augment_generator(s + 1)
         if self.batch_sampler is not None:
-            batches = (torch.as_tensor(list(b), dtype=torch.long).to(self.device, non_blocking=True)
-                       for b in self.batch_sampler)
+            batches = (
+                torch.as_tensor(list(b), dtype=torch.long).to(self.device, non_blocking=True)
+                for b in self.batch_sampler
+            )
         else:
             n = len(self.x)
-            order = (torch.randperm(n, generator=torch.Generator().manual_seed(s)) if self.shuffle
-                     else torch.arange(n)).to(self.device)
+            order = (
+                torch.randperm(n, generator=torch.Generator().manual_seed(s))
+                if self.shuffle
+                else torch.arange(n)
+            ).to(self.device)
             stop = n - n % self.batch_size if self.drop_last else n
-            batches = (order[i:i + self.batch_size] for i in range(0, stop, self.batch_size))
+            batches = (order[i : i + self.batch_size] for i in range(0, stop, self.batch_size))
         return ((augment_batch(self.x[idx], self.augment, gen), self.y[idx]) for idx in batches)

@@ -42,12 +42,28 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ipskit.checks import InputError, check_device, check_int
 from ipskit import metrics, plots, robustness
-from ipskit.runs import CHECKPOINT, CONFIG, EVAL, atomic_write_json, atomic_write_text, load_model, read_json
+from ipskit.checks import InputError, check_device, check_int
+from ipskit.runs import (
+    CHECKPOINT,
+    CONFIG,
+    EVAL,
+    atomic_write_json,
+    atomic_write_text,
+    load_model,
+    read_json,
+)
 
-__all__ = ["KINDS", "DEFAULT_WHAT", "DEFAULT_EPSILONS", "CIFAR_C_15", "evaluate_run", "compare_runs",
-           "main_eval", "main_compare"]
+__all__ = [
+    "KINDS",
+    "DEFAULT_WHAT",
+    "DEFAULT_EPSILONS",
+    "CIFAR_C_15",
+    "evaluate_run",
+    "compare_runs",
+    "main_eval",
+    "main_compare",
+]
 
 KINDS = ("calibration", "smoothing", "fgsm", "corruptions", "cifar_c")
 DEFAULT_WHAT = ("calibration", "smoothing", "fgsm", "corruptions")
@@ -58,14 +74,17 @@ CIFAR_C_15 = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
     "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
 )  # fmt: skip
-SPLIT_SEED = 0  # seeds the test-subset choice and the temperature-fitting half; fixed so runs compare
+SPLIT_SEED = (
+    0  # seeds the test-subset choice and the temperature-fitting half; fixed so runs compare
+)
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_settings(what, epsilons, corruptions, severities, max_samples, cifar_c, n_bins,
-                    batch_size, device) -> None:
+def _check_settings(
+    what, epsilons, corruptions, severities, max_samples, cifar_c, n_bins, batch_size, device
+) -> None:
     check_device(device)
     check_int("n_bins", n_bins, minimum=1, maximum=1000)
     check_int("batch_size", batch_size, minimum=1)
@@ -74,7 +93,9 @@ def _check_settings(what, epsilons, corruptions, severities, max_samples, cifar_
         raise InputError(f"unknown evaluation {unknown or what!r}; choose from {', '.join(KINDS)}")
     for e in epsilons:
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 <= float(e) <= 1.0:
-            raise InputError(f"epsilons must be numbers in [0, 1] (pixel units of a [0, 1] image), got {e!r}")
+            raise InputError(
+                f"epsilons must be numbers in [0, 1] (pixel units of a [0, 1] image), got {e!r}"
+            )
     known = robustness.CORRUPTIONS if "corruptions" in what else robustness.CIFAR_C_NAMES
     for n in corruptions or ():
         if n not in known:
@@ -84,25 +105,37 @@ def _check_settings(what, epsilons, corruptions, severities, max_samples, cifar_
     if max_samples is not None:
         check_int("max_samples", max_samples, minimum=2, why="(or None for all)")
     if "cifar_c" in what and not cifar_c:
-        raise InputError("the cifar_c evaluation needs the folder of the CIFAR-10-C/100-C .npy files (--cifar-c PATH)")
+        raise InputError(
+            "the cifar_c evaluation needs the folder of the CIFAR-10-C/100-C .npy files (--cifar-c PATH)"
+        )
 
 
 def _check_run(run_dir: Path) -> None:
     if not (run_dir / CONFIG).is_file():
-        raise InputError(f"{run_dir} is not an ipskit run folder (no {CONFIG}); pass a folder made by ipskit train")
+        raise InputError(
+            f"{run_dir} is not an ipskit run folder (no {CONFIG}); pass a folder made by ipskit train"
+        )
     if not (run_dir / CHECKPOINT).is_file():
-        raise InputError(f"{run_dir} has no {CHECKPOINT} (training has not finished an epoch); nothing to evaluate")
+        raise InputError(
+            f"{run_dir} has no {CHECKPOINT} (training has not finished an epoch); nothing to evaluate"
+        )
 
 
-def _test_set(config: dict, model, max_samples: int | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _test_set(
+    config: dict, model, max_samples: int | None, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's test images ``[N, C, H, W]`` in [0, 1] and labels ``[N]`` (a seeded subset if asked)."""
     from ipskit.data import DatasetUnavailableError, load_dataset
 
     name = config.get("dataset", "digits")
     try:
-        bundle = load_dataset(name, root=config.get("data_root", "data"), image_size=config.get("image_size"))
+        bundle = load_dataset(
+            name, root=config.get("data_root", "data"), image_size=config.get("image_size")
+        )
     except DatasetUnavailableError as e:
-        raise InputError(f"cannot load the test set of {name!r}: {str(e).splitlines()[0]}") from None
+        raise InputError(
+            f"cannot load the test set of {name!r}: {str(e).splitlines()[0]}"
+        ) from None
     if bundle.in_channels != model.in_channels or bundle.num_classes != model.num_classes:
         raise InputError(
             f"the checkpoint is for {model.in_channels}-channel images and {model.num_classes} classes, but dataset "
@@ -111,13 +144,22 @@ def _test_set(config: dict, model, max_samples: int | None, progress: bool) -> t
     n = len(bundle.test_targets)
     idx = torch.arange(n)
     if max_samples is not None and max_samples < n:
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))[:max_samples].sort().values
+        idx = (
+            torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))[:max_samples]
+            .sort()
+            .values
+        )
     if bundle.test_x is not None:
         x = bundle.test_x[idx]
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         return x, bundle.test_targets[idx].long()
-    items = [bundle.test_dataset[i] for i in tqdm(idx.tolist(), desc="test set", disable=not progress, leave=False)]
-    return torch.stack([im for im, _ in items]), torch.tensor([lab for _, lab in items], dtype=torch.long)
+    items = [
+        bundle.test_dataset[i]
+        for i in tqdm(idx.tolist(), desc="test set", disable=not progress, leave=False)
+    ]
+    return torch.stack([im for im, _ in items]), torch.tensor(
+        [lab for _, lab in items], dtype=torch.long
+    )
 
 
 def _fingerprint(run_dir: Path) -> dict:
@@ -125,7 +167,9 @@ def _fingerprint(run_dir: Path) -> dict:
     return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _cifar_c_result(model, x, y, root, names, severities, max_samples, batch_size, device, progress) -> dict:
+def _cifar_c_result(
+    model, x, y, root, names, severities, max_samples, batch_size, device, progress
+) -> dict:
     if model.in_channels != 3:
         raise InputError(f"CIFAR-C images have 3 channels but this model takes {model.in_channels}")
     table: dict[str, dict[str, float]] = {}
@@ -133,18 +177,26 @@ def _cifar_c_result(model, x, y, root, names, severities, max_samples, batch_siz
         for s in severities:
             xc, yc = robustness.load_cifar_c(root, n, s)
             if int(yc.max()) >= model.num_classes:
-                raise InputError(f"CIFAR-C labels go up to {int(yc.max())} but the model has "
-                                 f"{model.num_classes} classes")
+                raise InputError(
+                    f"CIFAR-C labels go up to {int(yc.max())} but the model has "
+                    f"{model.num_classes} classes"
+                )
             if max_samples is not None and max_samples < len(yc):
-                keep = torch.randperm(len(yc), generator=torch.Generator().manual_seed(SPLIT_SEED))[:max_samples]
+                keep = torch.randperm(len(yc), generator=torch.Generator().manual_seed(SPLIT_SEED))[
+                    :max_samples
+                ]
                 xc, yc = xc[keep], yc[keep]
-            table.setdefault(n, {})[str(s)] = metrics.accuracy(metrics.predict(model, xc, batch_size, device), yc)
+            table.setdefault(n, {})[str(s)] = metrics.accuracy(
+                metrics.predict(model, xc, batch_size, device), yc
+            )
     cells = [a for row in table.values() for a in row.values()]
     return {
         "clean": metrics.accuracy(metrics.predict(model, x, batch_size, device), y),
         "accuracy": table,
         "mean_per_corruption": {n: sum(r.values()) / len(r) for n, r in table.items()},
-        "mean_per_severity": {str(s): sum(table[n][str(s)] for n in names) / len(names) for s in severities},
+        "mean_per_severity": {
+            str(s): sum(table[n][str(s)] for n in names) / len(names) for s in severities
+        },
         "mean_corruption_accuracy": sum(cells) / len(cells),
     }
 
@@ -189,21 +241,36 @@ def evaluate_run(
         the whole ``eval.json`` content: ``{kind: {"settings": ..., "result": ...}}``.
     """
     what = (what,) if isinstance(what, str) else tuple(what)
-    epsilons = [float(e) if isinstance(e, (int, float)) and not isinstance(e, bool) else e for e in epsilons]
+    epsilons = [
+        float(e) if isinstance(e, (int, float)) and not isinstance(e, bool) else e for e in epsilons
+    ]
     severities = list(severities)
-    _check_settings(what, epsilons, corruptions, severities, max_samples, cifar_c, n_bins,
-                    batch_size, device)
+    _check_settings(
+        what, epsilons, corruptions, severities, max_samples, cifar_c, n_bins, batch_size, device
+    )
     run_dir = Path(run_dir)
     _check_run(run_dir)
     common = {"max_samples": max_samples, "checkpoint": _fingerprint(run_dir)}
     wanted = {
-        "calibration": {**common, "n_bins": n_bins,
-                        "temperature_fit": f"random half of the test set (seed {SPLIT_SEED})"},
+        "calibration": {
+            **common,
+            "n_bins": n_bins,
+            "temperature_fit": f"random half of the test set (seed {SPLIT_SEED})",
+        },
         "smoothing": dict(common),
         "fgsm": {**common, "epsilons": epsilons},
-        "corruptions": {**common, "names": list(corruptions or robustness.CORRUPTIONS), "severities": severities,
-                        "seed": seed},
-        "cifar_c": {**common, "root": str(cifar_c), "names": list(corruptions or CIFAR_C_15), "severities": severities},
+        "corruptions": {
+            **common,
+            "names": list(corruptions or robustness.CORRUPTIONS),
+            "severities": severities,
+            "seed": seed,
+        },
+        "cifar_c": {
+            **common,
+            "root": str(cifar_c),
+            "names": list(corruptions or CIFAR_C_15),
+            "severities": severities,
+        },
     }
     try:
         stored = read_json(run_dir / EVAL, {}) or {}
@@ -220,7 +287,9 @@ def evaluate_run(
     dev = resolve_device(device)
     model, config = load_model(run_dir, dev)
     if config.get("model") and str(config["model"]).lower() != model.name:
-        raise InputError(f"{run_dir / CHECKPOINT} holds a {model.name} but {CONFIG} says model {config['model']!r}")
+        raise InputError(
+            f"{run_dir / CHECKPOINT} holds a {model.name} but {CONFIG} says model {config['model']!r}"
+        )
     x, y = _test_set(config, model, max_samples, progress)
     logits = None
     for kind in todo:
@@ -243,11 +312,14 @@ def evaluate_run(
             result = {"epsilons": epsilons, "accuracy": accs}
         elif kind == "corruptions":
             s = wanted[kind]
-            result = robustness.corruption_accuracy(model, x, y, s["names"], severities, seed, batch_size, dev,
-                                                    progress)
+            result = robustness.corruption_accuracy(
+                model, x, y, s["names"], severities, seed, batch_size, dev, progress
+            )
         else:
             names = wanted[kind]["names"]
-            result = _cifar_c_result(model, x, y, cifar_c, names, severities, max_samples, batch_size, dev, progress)
+            result = _cifar_c_result(
+                model, x, y, cifar_c, names, severities, max_samples, batch_size, dev, progress
+            )
         stored[kind] = {"settings": wanted[kind], "result": result}
         atomic_write_json(run_dir / EVAL, stored)
     return stored
@@ -278,7 +350,9 @@ def _save_figure(fig, path: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def compare_runs(run_dirs, out_dir: str | os.PathLike | None = None, what=DEFAULT_WHAT, **eval_kwargs) -> str:
+def compare_runs(
+    run_dirs, out_dir: str | os.PathLike | None = None, what=DEFAULT_WHAT, **eval_kwargs
+) -> str:
     """Evaluate several runs (cached in each ``eval.json``) and tabulate them.
 
     Args:
@@ -306,7 +380,9 @@ def compare_runs(run_dirs, out_dir: str | os.PathLike | None = None, what=DEFAUL
         cal = ev.get("calibration", {}).get("result", {})
         smo = ev.get("smoothing", {}).get("result", {}).get("overall", {})
         fg = ev.get("fgsm", {}).get("result")
-        fgsm01 = fg["accuracy"][fg["epsilons"].index(0.01)] if fg and 0.01 in fg["epsilons"] else None
+        fgsm01 = (
+            fg["accuracy"][fg["epsilons"].index(0.01)] if fg and 0.01 in fg["epsilons"] else None
+        )
         cor = ev.get("corruptions", ev.get("cifar_c", {})).get("result", {})
         test = cal.get("test", {})
         row = [n, cfg.get("method", "-"), cfg.get("model", "-"), cfg.get("seed", "-"), _fmt(test.get("top1"), True),
@@ -323,7 +399,9 @@ def compare_runs(run_dirs, out_dir: str | os.PathLike | None = None, what=DEFAUL
         pick = lambda kind: {n: e[kind]["result"] for n, e in evals.items() if kind in e}  # noqa: E731
         figures = {}
         if cal_all := pick("calibration"):
-            figures["reliability.png"] = plots.reliability_diagrams({n: r["test"] for n, r in cal_all.items()})
+            figures["reliability.png"] = plots.reliability_diagrams(
+                {n: r["test"] for n, r in cal_all.items()}
+            )
         if smo_all := pick("smoothing"):
             figures["confidence.png"] = plots.confidence_histograms(smo_all, kind="max_prob")
             figures["entropy.png"] = plots.confidence_histograms(smo_all, kind="entropy")
@@ -348,35 +426,77 @@ _ADVICE = """advice:
   Compare methods over several seeds under one recipe; one run is not a result."""
 
 
-EVAL_DESCRIPTION = ("Evaluate trained runs: calibration (NLL, Brier, ECE, temperature), logit "
-                    "smoothing, FGSM and corruption robustness. Writes RUN_DIR/eval.json.")
-COMPARE_DESCRIPTION = ("Compare runs side by side: evaluates each (cached in eval.json), prints a "
-                       "markdown table and saves compare.md plus PNG figures to --out.")
+EVAL_DESCRIPTION = (
+    "Evaluate trained runs: calibration (NLL, Brier, ECE, temperature), logit "
+    "smoothing, FGSM and corruption robustness. Writes RUN_DIR/eval.json."
+)
+COMPARE_DESCRIPTION = (
+    "Compare runs side by side: evaluates each (cached in eval.json), prints a "
+    "markdown table and saves compare.md plus PNG figures to --out."
+)
 
 
 def add_eval_arguments(p: argparse.ArgumentParser, compare: bool = False) -> None:
     """The flags of ``ipskit eval`` (and, with ``compare``, of ``ipskit compare``)."""
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by ipskit train")
-    p.add_argument("--what", nargs="+", default=list(DEFAULT_WHAT), choices=KINDS, metavar="KIND",
-                   help=f"what to evaluate, from {', '.join(KINDS)} (default: %(default)s)")
-    p.add_argument("--epsilons", nargs="+", type=float, default=list(DEFAULT_EPSILONS),
-                   help="FGSM epsilons in [0, 1], pixel units of a [0, 1] image (default: %(default)s)")
-    p.add_argument("--corruptions", nargs="+", default=None, metavar="NAME",
-                   help=f"corruption names (default all: {', '.join(robustness.CORRUPTIONS)})")
-    p.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="severities in 1..5")
-    p.add_argument("--max-samples", type=int, default=None,
-                   help="evaluate on a seeded random subset of this many test images (default: all)")
-    p.add_argument("--bins", type=int, default=15, help="ECE bins (default: 15, as Guo et al. 2017)")
-    p.add_argument("--cifar-c", default=None, metavar="PATH",
-                   help="folder of CIFAR-10-C/100-C .npy files; adds the cifar_c evaluation")
+    p.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by ipskit train"
+    )
+    p.add_argument(
+        "--what",
+        nargs="+",
+        default=list(DEFAULT_WHAT),
+        choices=KINDS,
+        metavar="KIND",
+        help=f"what to evaluate, from {', '.join(KINDS)} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--epsilons",
+        nargs="+",
+        type=float,
+        default=list(DEFAULT_EPSILONS),
+        help="FGSM epsilons in [0, 1], pixel units of a [0, 1] image (default: %(default)s)",
+    )
+    p.add_argument(
+        "--corruptions",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"corruption names (default all: {', '.join(robustness.CORRUPTIONS)})",
+    )
+    p.add_argument(
+        "--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="severities in 1..5"
+    )
+    p.add_argument(
+        "--max-samples",
+        type=int,
+        default=None,
+        help="evaluate on a seeded random subset of this many test images (default: all)",
+    )
+    p.add_argument(
+        "--bins", type=int, default=15, help="ECE bins (default: 15, as Guo et al. 2017)"
+    )
+    p.add_argument(
+        "--cifar-c",
+        default=None,
+        metavar="PATH",
+        help="folder of CIFAR-10-C/100-C .npy files; adds the cifar_c evaluation",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random corruptions")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--force", action="store_true", help="recompute even if eval.json holds these results")
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="recompute even if eval.json holds these results"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     if compare:
-        p.add_argument("--out", default=None, metavar="DIR",
-                       help="folder for compare.md and figures (default: none)")
+        p.add_argument(
+            "--out",
+            default=None,
+            metavar="DIR",
+            help="folder for compare.md and figures (default: none)",
+        )
 
 
 def _eval_kwargs(ns: argparse.Namespace) -> dict:
@@ -398,10 +518,15 @@ def eval_command(ns: argparse.Namespace) -> int:
             parts.append(f"top-1 {100 * t['top1']:.1f}%  NLL {t['nll']:.3f}  ECE {t['ece']:.3f}")
         if "fgsm" in ev:
             r = ev["fgsm"]["result"]
-            parts.append("FGSM " + " ".join(f"{e:g}:{100 * a:.1f}%" for e, a in zip(r["epsilons"], r["accuracy"])))
+            parts.append(
+                "FGSM "
+                + " ".join(f"{e:g}:{100 * a:.1f}%" for e, a in zip(r["epsilons"], r["accuracy"]))
+            )
         for kind in ("corruptions", "cifar_c"):
             if kind in ev:
-                parts.append(f"{kind} mCA {100 * ev[kind]['result']['mean_corruption_accuracy']:.1f}%")
+                parts.append(
+                    f"{kind} mCA {100 * ev[kind]['result']['mean_corruption_accuracy']:.1f}%"
+                )
         print(f"{run_dir}: " + " | ".join(parts) + f"  -> {Path(run_dir) / EVAL}")
     return 0
 

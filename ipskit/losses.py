@@ -23,6 +23,7 @@ checks only the batch, and a training step whose settings were checked once call
 ``BLOG_INTENT`` holds the settings that express what the source blog post meant (symmetric KL,
 no stop-gradient, no T^2); its own code computes NaN for the second KL term.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,15 @@ from torch import Tensor, nn
 
 from ipskit.checks import InputError, check_bool, check_choice, check_float
 
-__all__ = ["IPSLossOutput", "ips_loss", "IPSLoss", "kl_divergence", "pair_teacher",
-           "KD_DIRECTIONS", "BLOG_INTENT"]
+__all__ = [
+    "IPSLossOutput",
+    "ips_loss",
+    "IPSLoss",
+    "kl_divergence",
+    "pair_teacher",
+    "KD_DIRECTIONS",
+    "BLOG_INTENT",
+]
 
 KD_DIRECTIONS = ("symmetric", "confident")
 # The blog's intent: both KL directions, gradients through both sides, no T^2.
@@ -50,8 +58,12 @@ class IPSLossOutput(NamedTuple):
     kd: Tensor
 
 
-def kl_divergence(target_logits: Tensor, student_logits: Tensor, temperature: float = 1.0,
-                  detach_target: bool = True) -> Tensor:
+def kl_divergence(
+    target_logits: Tensor,
+    student_logits: Tensor,
+    temperature: float = 1.0,
+    detach_target: bool = True,
+) -> Tensor:
     """Per-sample KL(p_target || p_student) with p = softmax(logits / T).
 
     Args:
@@ -70,8 +82,9 @@ def _true_class(labels: Tensor) -> Tensor:
     return labels.argmax(dim=1) if labels.dim() == 2 else labels
 
 
-def pair_teacher(logits_a: Tensor, logits_b: Tensor, labels: Tensor
-                 ) -> tuple[Tensor, Tensor, Tensor]:
+def pair_teacher(
+    logits_a: Tensor, logits_b: Tensor, labels: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """Which side of each pair is the pseudo-teacher (the more confident on the true class).
 
     Args:
@@ -88,13 +101,15 @@ def pair_teacher(logits_a: Tensor, logits_b: Tensor, labels: Tensor
 def _check_settings(temperature, alpha, gamma, kd_direction, detach_target, t2_scale) -> dict:
     """The loss settings checked, as plain Python values (keyword arguments of ``_ips_loss``)."""
     return dict(
-        temperature=check_float("temperature", temperature, 0, math.inf, lo_open=True,
-                                hi_open=True),
+        temperature=check_float(
+            "temperature", temperature, 0, math.inf, lo_open=True, hi_open=True
+        ),
         alpha=check_float("alpha", alpha, 0, math.inf, hi_open=True),
         gamma=check_float("gamma", gamma, 0, math.inf, hi_open=True),
         kd_direction=check_choice("kd_direction", kd_direction, KD_DIRECTIONS),
         detach_target=check_bool("detach_target", detach_target),
-        t2_scale=check_bool("t2_scale", t2_scale))
+        t2_scale=check_bool("t2_scale", t2_scale),
+    )
 
 
 def _check_batch(logits_a, logits_b, labels) -> None:
@@ -103,34 +118,53 @@ def _check_batch(logits_a, logits_b, labels) -> None:
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
     if logits_a.dim() != 2 or logits_a.shape != logits_b.shape:
-        raise InputError(f"logits_a and logits_b must both be [B, K], got "
-                         f"{tuple(logits_a.shape)} and {tuple(logits_b.shape)}")
+        raise InputError(
+            f"logits_a and logits_b must both be [B, K], got "
+            f"{tuple(logits_a.shape)} and {tuple(logits_b.shape)}"
+        )
     b, k = logits_a.shape
     if b == 0 or k == 0:
-        raise InputError(f"the IPS loss needs at least one pair and one class, got logits of "
-                         f"shape {tuple(logits_a.shape)}")
+        raise InputError(
+            f"the IPS loss needs at least one pair and one class, got logits of "
+            f"shape {tuple(logits_a.shape)}"
+        )
     if labels.dim() == 1:
         if labels.dtype in (torch.bool,) or labels.is_floating_point() or labels.is_complex():
-            raise TypeError(f"labels must be integer class ids [B] or soft labels [B, K] (float),"
-                            f" got dtype {labels.dtype} with shape {tuple(labels.shape)}")
+            raise TypeError(
+                f"labels must be integer class ids [B] or soft labels [B, K] (float),"
+                f" got dtype {labels.dtype} with shape {tuple(labels.shape)}"
+            )
         if labels.shape[0] != b:
             raise InputError(f"labels has {labels.shape[0]} entries but logits have {b} rows")
         lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # one sync for both ends
         if lo < 0 or hi >= k:
-            raise InputError(f"label {lo if lo < 0 else hi} is not a class id of the {k} logits: "
-                             f"labels must be in 0..{k - 1}")
+            raise InputError(
+                f"label {lo if lo < 0 else hi} is not a class id of the {k} logits: "
+                f"labels must be in 0..{k - 1}"
+            )
     elif labels.dim() == 2:
         if not labels.is_floating_point() or tuple(labels.shape) != (b, k):
-            raise InputError(f"soft labels must be float [B, K] = [{b}, {k}], got "
-                             f"{labels.dtype} {tuple(labels.shape)}")
+            raise InputError(
+                f"soft labels must be float [B, K] = [{b}, {k}], got "
+                f"{labels.dtype} {tuple(labels.shape)}"
+            )
     else:
-        raise InputError(f"labels must be [B] class ids or [B, K] soft labels, got shape "
-                         f"{tuple(labels.shape)}")
+        raise InputError(
+            f"labels must be [B] class ids or [B, K] soft labels, got shape {tuple(labels.shape)}"
+        )
 
 
-def ips_loss(logits_a: Tensor, logits_b: Tensor, labels: Tensor, temperature: float = 4.0,
-             alpha: float = 1.0, gamma: float = 1.0, kd_direction: str = "symmetric",
-             detach_target: bool = True, t2_scale: bool = False) -> IPSLossOutput:
+def ips_loss(
+    logits_a: Tensor,
+    logits_b: Tensor,
+    labels: Tensor,
+    temperature: float = 4.0,
+    alpha: float = 1.0,
+    gamma: float = 1.0,
+    kd_direction: str = "symmetric",
+    detach_target: bool = True,
+    t2_scale: bool = False,
+) -> IPSLossOutput:
     """IPS loss for a batch of swapped pairs.
 
     Args:
@@ -155,21 +189,31 @@ def ips_loss(logits_a: Tensor, logits_b: Tensor, labels: Tensor, temperature: fl
     return _ips_loss(logits_a, logits_b, labels, **settings)
 
 
-def _ips_loss(logits_a: Tensor, logits_b: Tensor, labels: Tensor, temperature: float,
-              alpha: float, gamma: float, kd_direction: str, detach_target: bool,
-              t2_scale: bool) -> IPSLossOutput:
+def _ips_loss(
+    logits_a: Tensor,
+    logits_b: Tensor,
+    labels: Tensor,
+    temperature: float,
+    alpha: float,
+    gamma: float,
+    kd_direction: str,
+    detach_target: bool,
+    t2_scale: bool,
+) -> IPSLossOutput:
     """:func:`ips_loss` without checks, for settings checked once (a training step)."""
     ce = (F.cross_entropy(logits_a, labels) + F.cross_entropy(logits_b, labels)) / 2
     if kd_direction == "symmetric":
-        kd = (kl_divergence(logits_b, logits_a, temperature, detach_target)
-              + kl_divergence(logits_a, logits_b, temperature, detach_target)).mean() / 2
+        kd = (
+            kl_divergence(logits_b, logits_a, temperature, detach_target)
+            + kl_divergence(logits_a, logits_b, temperature, detach_target)
+        ).mean() / 2
     else:
         _, _, a_teaches = pair_teacher(logits_a, logits_b, labels)
         teacher = torch.where(a_teaches[:, None], logits_a, logits_b)  # (B, K)
         student = torch.where(a_teaches[:, None], logits_b, logits_a)  # (B, K)
         kd = kl_divergence(teacher, student, temperature, detach_target).mean()
     if t2_scale:
-        kd = kd * temperature ** 2
+        kd = kd * temperature**2
     return IPSLossOutput(gamma * ce + alpha * kd, ce, kd)
 
 
@@ -177,12 +221,19 @@ class IPSLoss(nn.Module):
     """Module form of :func:`ips_loss` with fixed settings (same arguments, same defaults),
     checked once here; ``forward`` checks only the batch."""
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 1.0, gamma: float = 1.0,
-                 kd_direction: str = "symmetric", detach_target: bool = True,
-                 t2_scale: bool = False):
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        alpha: float = 1.0,
+        gamma: float = 1.0,
+        kd_direction: str = "symmetric",
+        detach_target: bool = True,
+        t2_scale: bool = False,
+    ):
         super().__init__()
-        self.kwargs = _check_settings(temperature, alpha, gamma, kd_direction, detach_target,
-                                      t2_scale)
+        self.kwargs = _check_settings(
+            temperature, alpha, gamma, kd_direction, detach_target, t2_scale
+        )
 
     def forward(self, logits_a: Tensor, logits_b: Tensor, labels: Tensor) -> IPSLossOutput:
         _check_batch(logits_a, logits_b, labels)

@@ -33,11 +33,12 @@ Randomness is drawn from ``generator``, on its device, never from the global RNG
 pure function of (model, batch, generator state). The mixers, like the swap, draw and apply
 without a host-device sync.
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,23 @@ from ipskit.pairs import split_pair
 from ipskit.registry import MethodSpec, method_spec
 from ipskit.swap import PatchSwap, _apply_swap, _draw_swap
 
-__all__ = ["StepOutput", "Method", "CrossEntropy", "Mixed", "CSKD", "IPS", "Mixer", "TorchvisionMix",
-           "MixParams", "CutMixer", "Cutout", "draw_cutout", "apply_cutout", "build_mixer", "build_method"]
+__all__ = [
+    "StepOutput",
+    "Method",
+    "CrossEntropy",
+    "Mixed",
+    "CSKD",
+    "IPS",
+    "Mixer",
+    "TorchvisionMix",
+    "MixParams",
+    "CutMixer",
+    "Cutout",
+    "draw_cutout",
+    "apply_cutout",
+    "build_mixer",
+    "build_method",
+]
 
 
 @dataclass
@@ -85,8 +101,9 @@ class Mixer:
     pairs) and ``targets`` is [B] class ids or [B, K] soft labels.
     """
 
-    def __call__(self, xs: list[Tensor], y: Tensor, generator: torch.Generator
-                 ) -> tuple[list[Tensor], Tensor]:
+    def __call__(
+        self, xs: list[Tensor], y: Tensor, generator: torch.Generator
+    ) -> tuple[list[Tensor], Tensor]:
         raise NotImplementedError
 
 
@@ -176,12 +193,15 @@ class TorchvisionMix(Mixer):
         mixed = torch.bernoulli(_constant(float(self.prob), f32, dev), generator=generator)
         if self.kind == "mixup":
             # lam = 1 - mixed * (1 - lam): lam, or 1 (the batch itself) when not mixed
-            return MixParams(lam=torch.addcmul(_constant(1.0, f32, dev), mixed, one_minus_lam,
-                                               value=-1), mixed=mixed)
+            return MixParams(
+                lam=torch.addcmul(_constant(1.0, f32, dev), mixed, one_minus_lam, value=-1),
+                mixed=mixed,
+            )
         # 2. CutMix's box: half-sides floor(sqrt(1 - lam) * size / 2) (0 when not mixed: an
         #    empty box) around a centre uniform over the pixels.
-        half = ((one_minus_lam * mixed).sqrt() * _constant((height / 2, width / 2), f32, dev)
-                ).floor()  # (hy, hx)
+        half = (
+            (one_minus_lam * mixed).sqrt() * _constant((height / 2, width / 2), f32, dev)
+        ).floor()  # (hy, hx)
         if height == width:  # integers uniform in 0..H-1, as torchvision draws them
             centre = torch.randint(height, (2,), generator=generator, device=dev, dtype=f32)
         else:
@@ -202,12 +222,16 @@ class TorchvisionMix(Mixer):
             inside = _box_mask(params.box.to(xs[0].device), h, w)  # (1, 1, H, W)
             # the labels' share of the previous row: the clipped box's area / (H * W)
             prev = inside.mean(dtype=torch.float32).to(y.device)
-            return ([torch.where(inside, x.roll(1, 0), x) for x in xs],
-                    torch.lerp(one_hot, one_hot.roll(1, 0), prev))
+            return (
+                [torch.where(inside, x.roll(1, 0), x) for x in xs],
+                torch.lerp(one_hot, one_hot.roll(1, 0), prev),
+            )
         # lam * row + (1 - lam) * previous row, for the images and the labels alike
         lam = params.lam.to(xs[0].device)
-        return ([torch.lerp(x.roll(1, 0), x, lam.to(x.dtype)) for x in xs],
-                torch.lerp(one_hot.roll(1, 0), one_hot, lam.to(y.device)))
+        return (
+            [torch.lerp(x.roll(1, 0), x, lam.to(x.dtype)) for x in xs],
+            torch.lerp(one_hot.roll(1, 0), one_hot, lam.to(y.device)),
+        )
 
     def __call__(self, xs, y, generator):
         if self.prob == 0:
@@ -231,8 +255,9 @@ def _one_hot_table(num_classes: int, device: torch.device) -> Tensor:
 CutMixer = TorchvisionMix  # deprecated name (it does MixUp too); kept for one release
 
 
-def draw_cutout(batch_size: int, height: int, width: int, size: int,
-                generator: torch.Generator) -> Tensor:
+def draw_cutout(
+    batch_size: int, height: int, width: int, size: int, generator: torch.Generator
+) -> Tensor:
     """Draw Cutout squares: a centre uniform over the image, clipped at the border.
 
     Returns:
@@ -242,13 +267,18 @@ def draw_cutout(batch_size: int, height: int, width: int, size: int,
     if height == width:  # one draw, rows then columns: the same numbers as two on the CPU
         centre = torch.randint(height, (2, batch_size), generator=generator, device=dev).T
     else:
-        centre = torch.cat([torch.randint(height, (batch_size, 1), generator=generator, device=dev),
-                            torch.randint(width, (batch_size, 1), generator=generator, device=dev)],
-                           dim=1)  # (B, 2): cy, cx
+        centre = torch.cat(
+            [
+                torch.randint(height, (batch_size, 1), generator=generator, device=dev),
+                torch.randint(width, (batch_size, 1), generator=generator, device=dev),
+            ],
+            dim=1,
+        )  # (B, 2): cy, cx
     lo, hi = size // 2, size - size // 2
     corners = torch.cat([centre, centre], dim=1) + _constant((-lo, -lo, hi, hi), torch.long, dev)
-    return corners.clamp(_constant((0,) * 4, torch.long, dev),
-                         _constant((height, width) * 2, torch.long, dev))  # (B, 4)
+    return corners.clamp(
+        _constant((0,) * 4, torch.long, dev), _constant((height, width) * 2, torch.long, dev)
+    )  # (B, 4)
 
 
 def apply_cutout(x: Tensor, boxes: Tensor, fill: Tensor | float = 0.0) -> Tensor:
@@ -297,13 +327,13 @@ class Method:
     needs_pairs = False
 
     @classmethod
-    def from_config(cls, cfg, spec: MethodSpec, num_classes: int, image_size: int,
-                    fill) -> "Method":
+    def from_config(cls, cfg, spec: MethodSpec, num_classes: int, image_size: int, fill) -> Method:
         """The method with the settings ``cfg`` gives it (see ``spec.settings``)."""
         raise NotImplementedError
 
-    def step(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
-             ) -> StepOutput:
+    def step(
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
+    ) -> StepOutput:
         """One training step's loss.
 
         Args:
@@ -392,8 +422,14 @@ class IPS(Method):
 
     needs_pairs = True
 
-    def __init__(self, grid: int, pr: float = 0.5, swap_fraction: float | None = None,
-                 loss_kwargs: dict | None = None, mixer: Mixer | None = None):
+    def __init__(
+        self,
+        grid: int,
+        pr: float = 0.5,
+        swap_fraction: float | None = None,
+        loss_kwargs: dict | None = None,
+        mixer: Mixer | None = None,
+    ):
         # The module forms check the settings (and fill in the loss's defaults) once.
         swap = PatchSwap(grid=grid, pr=pr, swap_fraction=swap_fraction)
         self.grid, self.pr, self.swap_fraction = swap.grid, swap.pr, swap.swap_fraction
@@ -403,17 +439,23 @@ class IPS(Method):
     @classmethod
     def from_config(cls, cfg, spec, num_classes, image_size, fill):
         mixer = build_mixer(spec.mixer, cfg, num_classes, image_size, fill) if spec.mixer else None
-        loss_kwargs = dict(temperature=cfg.temperature, alpha=cfg.alpha, gamma=cfg.gamma,
-                           kd_direction=cfg.kd_direction, detach_target=cfg.detach_target,
-                           t2_scale=cfg.t2_scale)
+        loss_kwargs = dict(
+            temperature=cfg.temperature,
+            alpha=cfg.alpha,
+            gamma=cfg.gamma,
+            kd_direction=cfg.kd_direction,
+            detach_target=cfg.detach_target,
+            t2_scale=cfg.t2_scale,
+        )
         return cls(cfg.check_image_size(image_size), cfg.pr, cfg.swap_fraction, loss_kwargs, mixer)
 
     def step(self, model, x, y, generator):
         # 1. Pairs from the sampler's layout; 2. swap (as patch_swap, settings checked in
         # __init__); 3. optional mixer on both sides alike.
         x_a, x_b, y = split_pair(x, y, check_labels=False)
-        decision = _draw_swap(x_a.shape[0], self.grid, self.pr, generator, x_a.device,
-                              self.swap_fraction)
+        decision = _draw_swap(
+            x_a.shape[0], self.grid, self.pr, generator, x_a.device, self.swap_fraction
+        )
         x_a, x_b = _apply_swap(x_a, x_b, decision)
         target = y
         if self.mixer is not None:
@@ -422,8 +464,9 @@ class IPS(Method):
         logits = model(torch.cat([x_a, x_b]))  # (2B, K)
         z_a, z_b = logits.chunk(2)
         out = _ips_loss(z_a, z_b, target, **self._loss_settings)
-        return StepOutput(out.loss, out.ce.detach(), out.kd.detach(), logits.detach(),
-                          torch.cat([y, y]))
+        return StepOutput(
+            out.loss, out.ce.detach(), out.kd.detach(), logits.detach(), torch.cat([y, y])
+        )
 
 
 def build_mixer(kind: str, cfg, num_classes: int, image_size: int, fill) -> Mixer:
@@ -433,8 +476,9 @@ def build_mixer(kind: str, cfg, num_classes: int, image_size: int, fill) -> Mixe
     return TorchvisionMix(kind, num_classes, cfg.mix_alpha, cfg.mix_prob)
 
 
-def build_method(cfg, num_classes: int, image_size: int, fill: Sequence[float] | float = 0.5
-                 ) -> Method:
+def build_method(
+    cfg, num_classes: int, image_size: int, fill: Sequence[float] | float = 0.5
+) -> Method:
     """The method a TrainConfig names, with its settings, as its registry entry says.
 
     Args:
@@ -450,9 +494,13 @@ def build_method(cfg, num_classes: int, image_size: int, fill: Sequence[float] |
     spec = method_spec(cfg.method)
     cls = globals().get(spec.step_class)
     if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise TypeError(f"registry entry {spec.name!r} names {spec.step_class!r}, which is not "
-                        f"a Method class in ipskit.methods")
+        raise TypeError(
+            f"registry entry {spec.name!r} names {spec.step_class!r}, which is not "
+            f"a Method class in ipskit.methods"
+        )
     if cls.needs_pairs != spec.needs_pairs:
-        raise TypeError(f"{cls.__name__}.needs_pairs is {cls.needs_pairs} but the registry "
-                        f"entry {spec.name!r} says {spec.needs_pairs}")
+        raise TypeError(
+            f"{cls.__name__}.needs_pairs is {cls.needs_pairs} but the registry "
+            f"entry {spec.name!r} says {spec.needs_pairs}"
+        )
     return cls.from_config(cfg, spec, num_classes, image_size, fill)

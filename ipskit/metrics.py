@@ -58,7 +58,9 @@ __all__ = [
 ]
 
 
-def _check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_logits_labels(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate ``logits [N, K]`` and ``labels [N]``; return them as float64 / int64 on CPU."""
     if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise TypeError(
@@ -75,7 +77,9 @@ def _check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
     k = logits.shape[1]
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= k:
-        raise ValueError(f"labels must lie in [0, {k - 1}] for {k} classes, got values in [{lo}, {hi}]")
+        raise ValueError(
+            f"labels must lie in [0, {k - 1}] for {k} classes, got values in [{lo}, {hi}]"
+        )
     if not torch.isfinite(logits).all():
         raise ValueError("logits contain NaN or inf; metrics need finite logits")
     return logits.detach().double().cpu(), labels.detach().long().cpu()
@@ -107,7 +111,9 @@ def predict(
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be an image tensor [N, C, H, W], got {shape}")
     if not x.dtype.is_floating_point:
-        raise TypeError(f"x must be float images in [0, 1], got dtype {x.dtype} (divide uint8 images by 255)")
+        raise TypeError(
+            f"x must be float images in [0, 1], got dtype {x.dtype} (divide uint8 images by 255)"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = model.training
@@ -138,7 +144,9 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
     """
     logits, labels = _check_logits_labels(logits, labels)
     if not 1 <= k <= logits.shape[1]:
-        raise ValueError(f"k must be in [1, {logits.shape[1]}] for {logits.shape[1]} classes, got {k}")
+        raise ValueError(
+            f"k must be in [1, {logits.shape[1]}] for {logits.shape[1]} classes, got {k}"
+        )
     topk = logits.topk(k, dim=1).indices  # [N, k]
     return float((topk == labels[:, None]).any(dim=1).double().mean())
 
@@ -217,7 +225,9 @@ def reliability_data(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 1
     }
 
 
-def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+def expected_calibration_error(
+    logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
+) -> float:
     """Expected calibration error with equal-width bins (see :func:`reliability_data`).
 
     Args:
@@ -264,7 +274,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     return min(max(t, 1e-2), 1e2)
 
 
-def class_similarity(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> dict:
+def class_similarity(
+    logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None
+) -> dict:
     """Class-to-class similarity of mean predictions.
 
     Args:
@@ -345,7 +357,9 @@ def calibration_report(logits: torch.Tensor, labels: torch.Tensor, n_bins: int =
         "ece": rel["ece"],
         "mce": rel["mce"],
         "mean_max_prob": float(logits.double().softmax(dim=1).max(dim=1).values.mean()),
-        "reliability": {key: rel[key] for key in ("bin_lower", "bin_upper", "confidence", "accuracy", "count")},
+        "reliability": {
+            key: rel[key] for key in ("bin_lower", "bin_upper", "confidence", "accuracy", "count")
+        },
     }
 
 
@@ -442,7 +456,12 @@ def seed_verdict(gaps, tolerance: float = 0.02) -> dict:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     n, mean = len(gaps), sum(gaps) / len(gaps)
     if n == 1:
-        return {"verdict": confidence_verdict(mean, 0.0, tolerance), "mean": mean, "sd": None, "n": 1}
+        return {
+            "verdict": confidence_verdict(mean, 0.0, tolerance),
+            "mean": mean,
+            "sd": None,
+            "n": 1,
+        }
     sd = math.sqrt(sum((g - mean) ** 2 for g in gaps) / (n - 1))
     se2 = 2 * sd / math.sqrt(n)
     if mean - se2 > tolerance:
@@ -503,10 +522,17 @@ class LopsidedPair:
 
 
 @torch.no_grad()
-def most_lopsided_pair(model: torch.nn.Module, x: torch.Tensor, label: int, grid: int,
-                       pr: float = 0.5, generator: torch.Generator | None = None,
-                       n_pairs: int = 64, batch_size: int = 256,
-                       swapped_only: bool = False) -> LopsidedPair:
+def most_lopsided_pair(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    label: int,
+    grid: int,
+    pr: float = 0.5,
+    generator: torch.Generator | None = None,
+    n_pairs: int = 64,
+    batch_size: int = 256,
+    swapped_only: bool = False,
+) -> LopsidedPair:
     """Among random pairs of one class, the one whose sides differ most after a patch swap.
 
     A clear teacher / student example of IPS on demand: ``n_pairs`` pairs of distinct images
@@ -530,11 +556,18 @@ def most_lopsided_pair(model: torch.nn.Module, x: torch.Tensor, label: int, grid
 
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] < 2:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be at least two images of one class [N >= 2, C, H, W], got {shape}")
+        raise ValueError(
+            f"x must be at least two images of one class [N >= 2, C, H, W], got {shape}"
+        )
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 1:
         raise ValueError(f"n_pairs must be an int >= 1, got {n_pairs!r}")
     k = getattr(model, "num_classes", None)
-    if isinstance(label, bool) or not isinstance(label, int) or label < 0 or (k is not None and label >= k):
+    if (
+        isinstance(label, bool)
+        or not isinstance(label, int)
+        or label < 0
+        or (k is not None and label >= k)
+    ):
         raise ValueError(f"label must be a class id in [0, {k - 1 if k else 'K-1'}], got {label!r}")
     n = x.shape[0]
     # 1. Pairs of distinct images: b is a, moved on by 1..N-1 places.
@@ -548,7 +581,9 @@ def most_lopsided_pair(model: torch.nn.Module, x: torch.Tensor, label: int, grid
     model.eval()
     try:
         both = torch.cat([out_a, out_b])  # [2 * n_pairs, C, H, W]
-        logits = torch.cat([model(both[s:s + batch_size]) for s in range(0, len(both), batch_size)])
+        logits = torch.cat(
+            [model(both[s : s + batch_size]) for s in range(0, len(both), batch_size)]
+        )
     finally:
         model.train(was_training)
     p = logits.float().softmax(dim=1)[:, label]
@@ -557,6 +592,9 @@ def most_lopsided_pair(model: torch.nn.Module, x: torch.Tensor, label: int, grid
     use_all = not (swapped_only and bool(decision.swapped.any()))
     eligible = torch.ones_like(gaps, dtype=torch.bool) if use_all else decision.swapped
     best = int(torch.where(eligible, gaps, -1.0).argmax())
-    one = SwapDecision(decision.swapped[best:best + 1], decision.cells[best:best + 1], decision.grid)
-    return LopsidedPair(int(idx_a[best]), int(idx_b[best]), one, float(p_a[best]), float(p_b[best]),
-                        gaps)
+    one = SwapDecision(
+        decision.swapped[best : best + 1], decision.cells[best : best + 1], decision.grid
+    )
+    return LopsidedPair(
+        int(idx_a[best]), int(idx_b[best]), one, float(p_a[best]), float(p_b[best]), gaps
+    )

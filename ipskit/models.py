@@ -31,11 +31,12 @@ Usage::
     logits = model(x01)                          # x01: [B, 1, 16, 16] in [0, 1]
     same = build_model(**model.model_info)       # what ipskit.runs.load_model does
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -60,8 +61,11 @@ def _init_conv(conv: nn.Conv2d) -> nn.Conv2d:
 
 def _stem(in_channels: int, out_channels: int) -> nn.Sequential:
     """3x3 stride-1 conv + BN + ReLU: the small-image stem that keeps full resolution."""
-    return nn.Sequential(_init_conv(nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False)),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        _init_conv(nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False)),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
 
 
 # ---------------------------------------------------------------- smallcnn
@@ -75,7 +79,9 @@ def _smallcnn(num_classes: int, in_channels: int, image_size: int):
     net.add_module("stage1", stage(in_channels, 16, pool=False))
     net.add_module("stage2", stage(16, 32, pool=True))
     net.add_module("stage3", stage(32, 64, pool=True))
-    net.add_module("head", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)))
+    net.add_module(
+        "head", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+    )
     return net, ["stage1", "stage2", "stage3"]
 
 
@@ -132,8 +138,10 @@ def _tv_resnet(num_classes: int, in_channels: int, image_size: int, layers: Sequ
 
 
 # ---------------------------------------------------------------- VGG with BN
-_VGG_CFG = {"vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
-            "vgg16": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]}
+_VGG_CFG = {
+    "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
+    "vgg16": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
+}
 
 
 def _vgg(num_classes: int, in_channels: int, image_size: int, cfg: str):
@@ -143,18 +151,31 @@ def _vgg(num_classes: int, in_channels: int, image_size: int, cfg: str):
     for i, widths in enumerate(_VGG_CFG[cfg]):
         layers: list[nn.Module] = [nn.MaxPool2d(2, ceil_mode=True)] if 1 <= i <= n_pools else []
         for w in widths:
-            layers += [_init_conv(nn.Conv2d(cin, w, 3, padding=1, bias=False)), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            layers += [
+                _init_conv(nn.Conv2d(cin, w, 3, padding=1, bias=False)),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+            ]
             cin = w
         net.add_module(f"stage{i + 1}", nn.Sequential(*layers))
-    net.add_module("head", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)))
+    net.add_module(
+        "head", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+    )
     return net, [f"stage{i}" for i in range(1, 6)]
 
 
 # ---------------------------------------------------------------- MobileNetV2, ShuffleNetV2
 def _mobilenetv2(num_classes: int, in_channels: int, image_size: int):
     # torchvision's setting (t, c, n, s) with the 24-channel stage at stride 1 instead of 2
-    setting = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2],
-               [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+    setting = [
+        [1, 16, 1, 1],
+        [6, 24, 2, 1],
+        [6, 32, 3, 2],
+        [6, 64, 4, 2],
+        [6, 96, 3, 1],
+        [6, 160, 3, 2],
+        [6, 320, 1, 1],
+    ]
     net = MobileNetV2(num_classes=num_classes, inverted_residual_setting=setting)
     stem = _stem(in_channels, 32)
     stem[2] = nn.ReLU6(inplace=True)
@@ -181,15 +202,20 @@ MODELS: dict[str, Builder] = {
 }
 
 
-def _probe_sizes(builder: Builder, num_classes: int, in_channels: int, image_size: int,
-                 names: list[str]) -> dict[str, tuple[int, int]]:
+def _probe_sizes(
+    builder: Builder, num_classes: int, in_channels: int, image_size: int, names: list[str]
+) -> dict[str, tuple[int, int]]:
     """Spatial size of each candidate layer's output, from a free forward pass on the meta device."""
     with torch.device("meta"):
         net, _ = builder(num_classes, in_channels, image_size)
     net.eval()
     modules, sizes = dict(net.named_modules()), {}
-    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: sizes.__setitem__(n, tuple(o.shape[-2:])))
-             for n in names]
+    hooks = [
+        modules[n].register_forward_hook(
+            lambda m, i, o, n=n: sizes.__setitem__(n, tuple(o.shape[-2:]))
+        )
+        for n in names
+    ]
     try:
         net(torch.empty(1, in_channels, image_size, image_size, device="meta"))
     finally:
@@ -210,9 +236,18 @@ class Classifier(nn.Module):
         cam_sizes: spatial output size of each candidate at ``image_size``.
     """
 
-    def __init__(self, backbone: nn.Module, name: str, num_classes: int, in_channels: int,
-                 image_size: int, mean: Sequence[float], std: Sequence[float],
-                 cam_candidates: Sequence[str], cam_sizes: dict[str, tuple[int, int]]):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        name: str,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        cam_candidates: Sequence[str],
+        cam_sizes: dict[str, tuple[int, int]],
+    ):
         super().__init__()
         self.backbone, self.name = backbone, name
         self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(1, -1, 1, 1))
@@ -223,9 +258,14 @@ class Classifier(nn.Module):
     @property
     def model_info(self) -> dict:
         """JSON-able description; ``build_model(**model_info)`` rebuilds the architecture."""
-        return {"name": self.name, "num_classes": self.num_classes, "in_channels": self.in_channels,
-                "image_size": self.image_size, "mean": self.mean.flatten().tolist(),
-                "std": self.std.flatten().tolist()}
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for float images in [0, 1].
@@ -237,7 +277,9 @@ class Classifier(nn.Module):
             ``[B, num_classes]`` logits.
         """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise InputError(f"{self.name} expects images [B, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
+            raise InputError(
+                f"{self.name} expects images [B, {self.in_channels}, H, W], got shape {tuple(x.shape)}"
+            )
         return self.backbone((x - self.mean) / self.std)
 
     def cam_layer_names(self) -> list[str]:
@@ -246,7 +288,11 @@ class Classifier(nn.Module):
         Names are dotted paths as in ``named_modules()`` (e.g. ``"backbone.layer3"``).
         """
         names = list(self._cam_sizes)
-        return [n for i, n in enumerate(names) if i + 1 == len(names) or self._cam_sizes[names[i + 1]] != self._cam_sizes[n]]
+        return [
+            n
+            for i, n in enumerate(names)
+            if i + 1 == len(names) or self._cam_sizes[names[i + 1]] != self._cam_sizes[n]
+        ]
 
     def cam_layer_size(self, name: str) -> tuple[int, int]:
         """Spatial output size ``(h, w)`` of a candidate layer at ``image_size``."""
@@ -271,7 +317,9 @@ class Classifier(nn.Module):
         for full in (name, f"backbone.{name}"):
             if full in modules and full != "":
                 return full
-        raise InputError(f"no layer named '{name}' in {self.name}; Grad-CAM choices: {', '.join(self.cam_layer_names())}")
+        raise InputError(
+            f"no layer named '{name}' in {self.name}; Grad-CAM choices: {', '.join(self.cam_layer_names())}"
+        )
 
     def get_layer(self, dotted_name: str) -> nn.Module:
         """The submodule at ``dotted_name`` (as in ``named_modules()``; the ``backbone.`` prefix is optional)."""
@@ -280,18 +328,30 @@ class Classifier(nn.Module):
 
 def _check_stats(label: str, values, in_channels: int, positive: bool) -> tuple[float, ...]:
     need = "positive " if positive else ""
-    bad = InputError(f"{label} must be {in_channels} finite {need}value(s), one per channel, got {values!r}")
+    bad = InputError(
+        f"{label} must be {in_channels} finite {need}value(s), one per channel, got {values!r}"
+    )
     try:  # any sequence of numbers: tuple, list, numpy array, tensor
         vals = tuple(float(v) for v in values)
     except (TypeError, ValueError):
         raise bad from None
-    if len(vals) != in_channels or not all(map(math.isfinite, vals)) or (positive and min(vals) <= 0):
+    if (
+        len(vals) != in_channels
+        or not all(map(math.isfinite, vals))
+        or (positive and min(vals) <= 0)
+    ):
         raise bad
     return vals
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32,
-                mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Classifier:
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Classifier:
     """Build a registered model wrapped in a :class:`Classifier`.
 
     Args:
@@ -318,5 +378,9 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: i
     backbone, candidates = builder(num_classes, in_channels, image_size)
     sizes = _probe_sizes(builder, num_classes, in_channels, image_size, candidates)
     if min(min(s) for s in sizes.values()) < 1:
-        raise InputError(f"{key} collapses a {image_size}x{image_size} image to an empty feature map; use a larger image_size")
-    return Classifier(backbone, key, num_classes, in_channels, image_size, mean, std, candidates, sizes)
+        raise InputError(
+            f"{key} collapses a {image_size}x{image_size} image to an empty feature map; use a larger image_size"
+        )
+    return Classifier(
+        backbone, key, num_classes, in_channels, image_size, mean, std, candidates, sizes
+    )

@@ -62,7 +62,9 @@ def noisy_labels(
     seed = check_int("seed", seed)
     y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
     if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise InputError(f"labels must be a 1-D integer array [N], got shape {tuple(y.shape)} dtype {y.dtype}")
+        raise InputError(
+            f"labels must be a 1-D integer array [N], got shape {tuple(y.shape)} dtype {y.dtype}"
+        )
     y = y.long().cpu()
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise InputError(
@@ -72,7 +74,9 @@ def noisy_labels(
     # 1. Draw: which samples flip, and (symmetric) an offset in 1..K-1 for each.
     g = torch.Generator().manual_seed(seed)
     flipped = torch.rand(y.shape, generator=g) < rate  # [N]
-    offset = torch.randint(1, num_classes, y.shape, generator=g)  # [N], never 0 -> never the true class
+    offset = torch.randint(
+        1, num_classes, y.shape, generator=g
+    )  # [N], never 0 -> never the true class
     if kind == "pairflip":
         offset = torch.ones_like(offset)
     # 2. Apply: a non-zero offset mod K always lands on a different class.

@@ -20,10 +20,11 @@ the anchor itself, drawn uniformly among the others of its class; the order is a
 of (seed, epoch); replicas split the anchors without overlap. Only labels are read: images are
 never loaded to find them.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -76,8 +77,15 @@ class SameClassPairSampler:
             sample, a setting out of range, or ``drop_last`` leaving no batch.
     """
 
-    def __init__(self, labels, batch_size: int, seed: int = 0, drop_last: bool = False,
-                 num_replicas: int | None = None, rank: int | None = None):
+    def __init__(
+        self,
+        labels,
+        batch_size: int,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
         self.labels = labels_to_array(labels)
         self.batch_size = check_int("batch_size", batch_size, minimum=1, why="(pairs per batch)")
         self.seed = check_int("seed", seed, minimum=0)
@@ -85,20 +93,26 @@ class SameClassPairSampler:
         if num_replicas is None or rank is None:
             dist = torch.distributed
             ready = dist.is_available() and dist.is_initialized()
-            num_replicas = num_replicas if num_replicas is not None else (
-                dist.get_world_size() if ready else 1)
+            num_replicas = (
+                num_replicas
+                if num_replicas is not None
+                else (dist.get_world_size() if ready else 1)
+            )
             rank = rank if rank is not None else (dist.get_rank() if ready else 0)
         self.num_replicas = check_int("num_replicas", num_replicas, minimum=1)
-        self.rank = check_int("rank", rank, 0, self.num_replicas - 1,
-                              why=f"for num_replicas={self.num_replicas}")
+        self.rank = check_int(
+            "rank", rank, 0, self.num_replicas - 1, why=f"for num_replicas={self.num_replicas}"
+        )
 
         # Class index built once from labels: members of class c are order[start[c]:start[c]+count[c]].
         counts = np.bincount(self.labels)
         lonely = np.flatnonzero(counts == 1)
         if lonely.size:
-            raise InputError(f"class {int(lonely[0])} has a single sample, so it has no partner; "
-                             f"every class needs at least 2 samples ({lonely.size} class(es) "
-                             f"have 1)")
+            raise InputError(
+                f"class {int(lonely[0])} has a single sample, so it has no partner; "
+                f"every class needs at least 2 samples ({lonely.size} class(es) "
+                f"have 1)"
+            )
         self._order = np.argsort(self.labels, kind="stable")
         self._start = np.concatenate([[0], np.cumsum(counts)[:-1]])
         self._count = counts
@@ -110,10 +124,12 @@ class SameClassPairSampler:
             self.num_anchors = n // self.num_replicas
             self.num_anchors -= self.num_anchors % self.batch_size
             if self.num_anchors == 0:
-                raise InputError(f"drop_last leaves no batch: {n} samples over {self.num_replicas}"
-                                 f" replica(s) give {n // self.num_replicas} anchors per replica,"
-                                 f" fewer than batch_size={self.batch_size}; lower batch_size or "
-                                 f"pass drop_last=False")
+                raise InputError(
+                    f"drop_last leaves no batch: {n} samples over {self.num_replicas}"
+                    f" replica(s) give {n // self.num_replicas} anchors per replica,"
+                    f" fewer than batch_size={self.batch_size}; lower batch_size or "
+                    f"pass drop_last=False"
+                )
         else:
             self.num_anchors = math.ceil(n / self.num_replicas)
 
@@ -139,13 +155,16 @@ class SameClassPairSampler:
         total = per_rank * self.num_replicas
         if total > n:  # pad so every rank has the same number of anchors, cyclically if R > n
             anchors = np.resize(anchors, total)
-        mine = anchors[self.rank:total:self.num_replicas]
+        mine = anchors[self.rank : total : self.num_replicas]
         return mine, partner_of[mine]
 
     def __iter__(self) -> Iterator[list[int]]:
         anchors, partners = self.epoch_pairs()
         for s in range(0, len(anchors), self.batch_size):
-            yield anchors[s:s + self.batch_size].tolist() + partners[s:s + self.batch_size].tolist()
+            yield (
+                anchors[s : s + self.batch_size].tolist()
+                + partners[s : s + self.batch_size].tolist()
+            )
 
 
 def split_pair(x: Tensor, y: Tensor, check_labels: bool = True) -> tuple[Tensor, Tensor, Tensor]:
@@ -160,10 +179,14 @@ def split_pair(x: Tensor, y: Tensor, check_labels: bool = True) -> tuple[Tensor,
         (x_a [B, C, H, W], x_b [B, C, H, W], y [B]).
     """
     if x.shape[0] != y.shape[0] or x.shape[0] % 2:
-        raise InputError(f"expected 2B images and 2B labels (anchors then partners), got "
-                         f"{x.shape[0]} images and {y.shape[0]} labels")
+        raise InputError(
+            f"expected 2B images and 2B labels (anchors then partners), got "
+            f"{x.shape[0]} images and {y.shape[0]} labels"
+        )
     b = x.shape[0] // 2
     if check_labels and not torch.equal(y[:b], y[b:]):
-        raise InputError("partners do not share their anchor's class: was the batch made by "
-                         "SameClassPairSampler?")
+        raise InputError(
+            "partners do not share their anchor's class: was the batch made by "
+            "SameClassPairSampler?"
+        )
     return x[:b], x[b:], y[:b]

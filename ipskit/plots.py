@@ -30,7 +30,8 @@ import math
 
 import numpy as np
 import torch
-from matplotlib.colors import LogNorm, to_rgb as _hex_to_rgb
+from matplotlib.colors import LogNorm
+from matplotlib.colors import to_rgb as _hex_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
@@ -85,8 +86,10 @@ def _grid(n: int, ncols: int, size: float = 3.6) -> tuple[Figure, list]:
 def _reliability(report: dict) -> tuple[dict, float | None]:
     rel = report.get("reliability", report)
     if not all(k in rel for k in ("bin_lower", "bin_upper", "accuracy", "confidence", "count")):
-        raise ValueError("expected a calibration_report() or reliability_data() dict "
-                         "(bin_lower, bin_upper, accuracy, confidence, count)")
+        raise ValueError(
+            "expected a calibration_report() or reliability_data() dict "
+            "(bin_lower, bin_upper, accuracy, confidence, count)"
+        )
     return rel, report.get("ece", rel.get("ece"))
 
 
@@ -101,22 +104,40 @@ def _draw_reliability(ax, ax_n, report: dict, title: str, min_count: int) -> lis
     width, centers = hi - lo, (lo + hi) / 2
     ok = count >= min_count
     colours = np.where(ok, "tab:blue", "lightgrey")
-    ax.bar(centers, np.nan_to_num(acc), width=width, edgecolor="black", color=colours, linewidth=0.6)
+    ax.bar(
+        centers, np.nan_to_num(acc), width=width, edgecolor="black", color=colours, linewidth=0.6
+    )
     # The gap is hatched, not filled: under-confident bins (accuracy above confidence) have it
     # inside the blue bar, where a translucent fill would vanish. Sparse bins get no gap.
     gap_lo = np.nan_to_num(np.minimum(acc, conf))
     gap = np.where(ok, np.nan_to_num(np.abs(conf - acc)), 0.0)
-    ax.bar(centers, gap, bottom=gap_lo, width=width, facecolor="none",
-           edgecolor="tab:red", hatch="////", linewidth=0.8)
+    ax.bar(
+        centers,
+        gap,
+        bottom=gap_lo,
+        width=width,
+        facecolor="none",
+        edgecolor="tab:red",
+        hatch="////",
+        linewidth=0.8,
+    )
     ax.plot([0, 1], [0, 1], "k--")
     ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
-    ax.set_title(title + (f"\nECE {ece:.3f}, {int(count.sum()):,} images" if ece is not None else ""),
-                 fontsize=_TEXT)
+    ax.set_title(
+        title + (f"\nECE {ece:.3f}, {int(count.sum()):,} images" if ece is not None else ""),
+        fontsize=_TEXT,
+    )
     ax.tick_params(labelsize=_TEXT - 1, labelbottom=False)
     ax.yaxis.label.set_size(_TEXT)
     # how many images each bin holds, on its own axis: sparse bins are noise
-    ax_n.bar(centers, np.where(count > 0, count, np.nan), width=width, color=colours,
-             edgecolor="black", linewidth=0.6)
+    ax_n.bar(
+        centers,
+        np.where(count > 0, count, np.nan),
+        width=width,
+        color=colours,
+        edgecolor="black",
+        linewidth=0.6,
+    )
     ax_n.axhline(min_count, color="tab:red", linestyle=":", linewidth=1.2)
     ax_n.set_yscale("log")
     ax_n.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -125,13 +146,17 @@ def _draw_reliability(ax, ax_n, report: dict, title: str, min_count: int) -> lis
     ax_n.tick_params(labelsize=_TEXT - 1)
     ax_n.xaxis.label.set_size(_TEXT)
     ax_n.yaxis.label.set_size(_TEXT)
-    return [Patch(facecolor="tab:blue", edgecolor="black", label="accuracy per bin"),
-            Patch(facecolor="none", edgecolor="tab:red", hatch="////", label="gap to confidence"),
-            Patch(facecolor="lightgrey", edgecolor="black", label=f"bin under {min_count} images"),
-            ax.lines[0]]
+    return [
+        Patch(facecolor="tab:blue", edgecolor="black", label="accuracy per bin"),
+        Patch(facecolor="none", edgecolor="tab:red", hatch="////", label="gap to confidence"),
+        Patch(facecolor="lightgrey", edgecolor="black", label=f"bin under {min_count} images"),
+        ax.lines[0],
+    ]
 
 
-def _reliability_figure(reports: dict[str, dict], ncols: int, size: float, min_count: int) -> Figure:
+def _reliability_figure(
+    reports: dict[str, dict], ncols: int, size: float, min_count: int
+) -> Figure:
     n = len(reports)
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
@@ -144,13 +169,19 @@ def _reliability_figure(reports: dict[str, dict], ncols: int, size: float, min_c
         ax_n = fig.add_subplot(grid[2 * r + 1, c], sharex=ax)
         handles = _draw_reliability(ax, ax_n, rep, name, min_count)
     handles[-1].set_label("perfect calibration")
-    fig.legend(handles=handles, loc="outside upper center", ncols=min(4, 2 * ncols),
-               fontsize=_TEXT - 1, frameon=False)
+    fig.legend(
+        handles=handles,
+        loc="outside upper center",
+        ncols=min(4, 2 * ncols),
+        fontsize=_TEXT - 1,
+        frameon=False,
+    )
     return fig
 
 
-def reliability_diagram(report: dict, title: str = "Reliability diagram",
-                        min_count: int = RELIABILITY_MIN_COUNT) -> Figure:
+def reliability_diagram(
+    report: dict, title: str = "Reliability diagram", min_count: int = RELIABILITY_MIN_COUNT
+) -> Figure:
     """One reliability diagram: accuracy per confidence bin against the diagonal, and under it
     the number of test images in each bin (log scale).
 
@@ -165,8 +196,9 @@ def reliability_diagram(report: dict, title: str = "Reliability diagram",
     return _reliability_figure({title: report}, 1, 4.6, min_count)
 
 
-def reliability_diagrams(reports: dict[str, dict], ncols: int = 3,
-                         min_count: int = RELIABILITY_MIN_COUNT) -> Figure:
+def reliability_diagrams(
+    reports: dict[str, dict], ncols: int = 3, min_count: int = RELIABILITY_MIN_COUNT
+) -> Figure:
     """Reliability diagrams side by side, one per run, each over its count per bin.
 
     Args:
@@ -199,13 +231,17 @@ def confidence_histograms(data_by_run: dict, kind: str = "max_prob", bins: int =
     if kind not in ("max_prob", "entropy"):
         raise ValueError(f"kind must be 'max_prob' or 'entropy', got {kind!r}")
     if not data_by_run:
-        raise ValueError("data_by_run is empty; pass {run name: logits [N, K] or smoothing_report(...)}")
+        raise ValueError(
+            "data_by_run is empty; pass {run name: logits [N, K] or smoothing_report(...)}"
+        )
     fig = Figure(figsize=(4.6, 3.6), layout="constrained")
     ax = fig.add_subplot()
     for name, data in data_by_run.items():
         if not isinstance(data, dict):
             logits = torch.as_tensor(data).double()
-            data = smoothing_report(logits, logits.argmax(dim=1), bins=bins)  # labels do not enter the histograms
+            data = smoothing_report(
+                logits, logits.argmax(dim=1), bins=bins
+            )  # labels do not enter the histograms
         hist = data["histograms"][kind]
         edges, counts = np.asarray(hist["edges"]), np.asarray(hist["counts"], dtype=float)
         density = counts / max(counts.sum(), 1) / np.diff(edges)
@@ -214,12 +250,21 @@ def confidence_histograms(data_by_run: dict, kind: str = "max_prob", bins: int =
     if kind == "max_prob":
         ax.set(xlabel="confidence (max probability)", title="Confidence of test predictions")
     else:
-        ax.set(xlabel=f"entropy (nats, at most ln {k} = {math.log(k):.2f})", title="Entropy of test predictions")
+        ax.set(
+            xlabel=f"entropy (nats, at most ln {k} = {math.log(k):.2f})",
+            title="Entropy of test predictions",
+        )
     ax.set_ylabel("density")
     _larger(ax)
-    long = max(len(str(n)) for n in data_by_run) > 16  # long run names: one a line, not wider than the plot
-    fig.legend(loc="outside lower center", ncols=1 if long else min(len(data_by_run), 3),
-               fontsize=_TEXT - 1, frameon=False)
+    long = (
+        max(len(str(n)) for n in data_by_run) > 16
+    )  # long run names: one a line, not wider than the plot
+    fig.legend(
+        loc="outside lower center",
+        ncols=1 if long else min(len(data_by_run), 3),
+        fontsize=_TEXT - 1,
+        frameon=False,
+    )
     return fig
 
 
@@ -247,8 +292,12 @@ def fgsm_curves(curves: dict) -> Figure:
     for name, c in curves.items():
         eps, acc = (c["epsilons"], c["accuracy"]) if isinstance(c, dict) else c
         ax.plot(eps, acc, marker="o", linewidth=2, label=name)
-    ax.set(xlabel="FGSM epsilon (pixels of a [0, 1] image)", ylabel="top-1 accuracy",
-           title="Accuracy under FGSM attack", ylim=(0, 1))
+    ax.set(
+        xlabel="FGSM epsilon (pixels of a [0, 1] image)",
+        ylabel="top-1 accuracy",
+        title="Accuracy under FGSM attack",
+        ylim=(0, 1),
+    )
     ax.grid(alpha=0.3)
     _larger(ax)
     ax.legend(fontsize=_TEXT - 1)
@@ -272,11 +321,17 @@ def corruption_curves(results: dict[str, dict], ncols: int = 4) -> Figure:
     ncols = max(1, min(ncols, len(axes)))
     for i, (ax, cname) in enumerate(zip(axes, names + ["mean over corruptions"])):
         for run, res in results.items():
-            table = res["mean_per_severity"] if cname == "mean over corruptions" else res["accuracy"].get(cname)
+            table = (
+                res["mean_per_severity"]
+                if cname == "mean over corruptions"
+                else res["accuracy"].get(cname)
+            )
             if not table:
                 continue
             sev = sorted(table, key=int)
-            ax.plot([int(s) for s in sev], [table[s] for s in sev], marker="o", linewidth=2, label=run)
+            ax.plot(
+                [int(s) for s in sev], [table[s] for s in sev], marker="o", linewidth=2, label=run
+            )
             ax.axhline(res["clean"], linestyle=":", linewidth=1.2, color=ax.lines[-1].get_color())
         ax.set(title=cname.replace("_", " "), ylim=(0, 1))
         ax.set_xticks(range(1, 6))
@@ -288,14 +343,26 @@ def corruption_curves(results: dict[str, dict], ncols: int = 4) -> Figure:
             ax.set_xlabel("severity")
         _larger(ax, _TEXT - 1)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, [f"{n} (dotted: clean accuracy)" for n in labels], loc="outside upper center",
-               ncols=min(len(labels), 2), fontsize=_TEXT - 1, frameon=False)
+    fig.legend(
+        handles,
+        [f"{n} (dotted: clean accuracy)" for n in labels],
+        loc="outside upper center",
+        ncols=min(len(labels), 2),
+        fontsize=_TEXT - 1,
+        frameon=False,
+    )
     return fig
 
 
-def similarity_heatmap(matrix, class_names=None, title: str = "Mean prediction per true class",
-                       diverging: bool = False, label: str | None = None, log: bool = False,
-                       floor: float = 1e-4) -> Figure:
+def similarity_heatmap(
+    matrix,
+    class_names=None,
+    title: str = "Mean prediction per true class",
+    diverging: bool = False,
+    label: str | None = None,
+    log: bool = False,
+    floor: float = 1e-4,
+) -> Figure:
     """Heatmap of a ``[K, K]`` class-similarity matrix (``metrics.class_similarity``).
 
     Args:
@@ -312,7 +379,10 @@ def similarity_heatmap(matrix, class_names=None, title: str = "Mean prediction p
     Returns:
         Figure.
     """
-    m = np.array([[np.nan if v is None else v for v in row] for row in np.asarray(matrix, dtype=object)], dtype=float)
+    m = np.array(
+        [[np.nan if v is None else v for v in row] for row in np.asarray(matrix, dtype=object)],
+        dtype=float,
+    )
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
         raise ValueError(f"matrix must be square [K, K], got shape {m.shape}")
     k = m.shape[0]
@@ -320,7 +390,9 @@ def similarity_heatmap(matrix, class_names=None, title: str = "Mean prediction p
     fig = Figure(figsize=(1.9 + 0.3 * k, 1.3 + 0.3 * k), layout="constrained")
     ax = fig.add_subplot()
     if diverging and log:
-        raise ValueError("pass diverging=True (signed values) or log=True (probabilities), not both")
+        raise ValueError(
+            "pass diverging=True (signed values) or log=True (probabilities), not both"
+        )
     if diverging:
         lim = float(np.nanmax(np.abs(m))) or 1.0
         im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
@@ -340,8 +412,13 @@ def similarity_heatmap(matrix, class_names=None, title: str = "Mean prediction p
     return fig
 
 
-def similarity_heatmaps(matrices: dict, class_names=None, floor: float = 1e-4, ncols: int = 2,
-                        label: str = "mean probability (log scale)") -> Figure:
+def similarity_heatmaps(
+    matrices: dict,
+    class_names=None,
+    floor: float = 1e-4,
+    ncols: int = 2,
+    label: str = "mean probability (log scale)",
+) -> Figure:
     """Class-similarity matrices of several runs side by side on one log colour scale.
 
     One figure, one colour bar and the class names once per row, so that each matrix gets the
@@ -360,11 +437,18 @@ def similarity_heatmaps(matrices: dict, class_names=None, floor: float = 1e-4, n
         raise ValueError("matrices is empty; pass {run name: [K, K] matrix}")
     if not 0 < floor < 1:
         raise ValueError(f"floor must be in (0, 1) for a log scale, got {floor}")
-    ms = {n: np.array([[np.nan if v is None else v for v in row] for row in np.asarray(m, dtype=object)],
-                      dtype=float) for n, m in matrices.items()}
+    ms = {
+        n: np.array(
+            [[np.nan if v is None else v for v in row] for row in np.asarray(m, dtype=object)],
+            dtype=float,
+        )
+        for n, m in matrices.items()
+    }
     k = next(iter(ms.values())).shape[0]
     if any(m.shape != (k, k) for m in ms.values()):
-        raise ValueError(f"every matrix must be square [K, K] of one K, got {[m.shape for m in ms.values()]}")
+        raise ValueError(
+            f"every matrix must be square [K, K] of one K, got {[m.shape for m in ms.values()]}"
+        )
     names = [str(c) for c in (class_names if class_names is not None else range(k))]
     n = len(ms)
     ncols = max(1, min(ncols, n))
@@ -399,8 +483,9 @@ def _show(ax, img: torch.Tensor, title: str) -> None:
     ax.set_yticks([])
 
 
-def swap_pair_figure(x_a, x_b, out_a, out_b, decision, max_pairs: int = 4,
-                     notes: list[tuple[str, str]] | None = None) -> Figure:
+def swap_pair_figure(
+    x_a, x_b, out_a, out_b, decision, max_pairs: int = 4, notes: list[tuple[str, str]] | None = None
+) -> Figure:
     """Pairs before and after a patch swap.
 
     Before the swap the images are shown as they are, with a thin dashed frame around the cells
@@ -421,15 +506,21 @@ def swap_pair_figure(x_a, x_b, out_a, out_b, decision, max_pairs: int = 4,
     from ipskit.swap import cell_index  # lazy: plots should import without the training core
 
     if not (x_a.shape == x_b.shape == out_a.shape == out_b.shape) or x_a.dim() != 4:
-        raise ValueError(f"x_a, x_b, out_a, out_b must be [B, C, H, W] of one shape, got {tuple(x_a.shape)}, "
-                         f"{tuple(x_b.shape)}, {tuple(out_a.shape)}, {tuple(out_b.shape)}")
+        raise ValueError(
+            f"x_a, x_b, out_a, out_b must be [B, C, H, W] of one shape, got {tuple(x_a.shape)}, "
+            f"{tuple(x_b.shape)}, {tuple(out_a.shape)}, {tuple(out_b.shape)}"
+        )
     if len(decision) != x_a.shape[0]:
-        raise ValueError(f"decision is for {len(decision)} pairs but the batch holds {x_a.shape[0]}")
+        raise ValueError(
+            f"decision is for {len(decision)} pairs but the batch holds {x_a.shape[0]}"
+        )
     h, w = x_a.shape[-2:]
     n = min(max_pairs, x_a.shape[0])
     if notes is not None and len(notes) != n:
-        raise ValueError(f"notes must hold one (after a, after b) pair of texts per pair shown ({n}), "
-                         f"got {len(notes)}")
+        raise ValueError(
+            f"notes must hold one (after a, after b) pair of texts per pair shown ({n}), "
+            f"got {len(notes)}"
+        )
     rows, cols = cell_index(h, decision.grid).tolist(), cell_index(w, decision.grid).tolist()
     fig = Figure(figsize=(9, 2.6 * n + 0.6), layout="constrained")
     axes = fig.subplots(n, 4, squeeze=False)
@@ -445,10 +536,19 @@ def swap_pair_figure(x_a, x_b, out_a, out_b, decision, max_pairs: int = 4,
                 r0, c0 = rows.index(r), cols.index(c)
                 box = (c0 - 0.5, r0 - 0.5), cols.count(c), rows.count(r)
                 if j < 2:  # before: a thin frame of the cells that will move
-                    ax.add_patch(Rectangle(*box, facecolor="none", edgecolor=SWAP_COLOR,
-                                           linewidth=1.0, linestyle=(0, (2, 2))))
+                    ax.add_patch(
+                        Rectangle(
+                            *box,
+                            facecolor="none",
+                            edgecolor=SWAP_COLOR,
+                            linewidth=1.0,
+                            linestyle=(0, (2, 2)),
+                        )
+                    )
                 else:  # after: tinted and outlined
-                    ax.add_patch(Rectangle(*box, facecolor=tint, edgecolor=SWAP_COLOR, linewidth=2.0))
+                    ax.add_patch(
+                        Rectangle(*box, facecolor=tint, edgecolor=SWAP_COLOR, linewidth=2.0)
+                    )
         if notes is not None:
             for j, text in ((2, notes[i][0]), (3, notes[i][1])):
                 axes[i, j].set_xlabel(text, fontsize=_TEXT + 1)
@@ -458,14 +558,23 @@ def swap_pair_figure(x_a, x_b, out_a, out_b, decision, max_pairs: int = 4,
         if not swapped:
             axes[i, 0].set_xlabel("no cells swapped", fontsize=_TEXT)
         elif notes is None:
-            axes[i, 3].set_xlabel(f"{k}/{decision.grid ** 2} cells swapped", fontsize=_TEXT)
-    fig.suptitle(f"Intra-class patch swap, grid {decision.grid}x{decision.grid}: after the swap, the "
-                 f"cells taken from the partner are tinted", fontsize=_TEXT + 1)
+            axes[i, 3].set_xlabel(f"{k}/{decision.grid**2} cells swapped", fontsize=_TEXT)
+    fig.suptitle(
+        f"Intra-class patch swap, grid {decision.grid}x{decision.grid}: after the swap, the "
+        f"cells taken from the partner are tinted",
+        fontsize=_TEXT + 1,
+    )
     return fig
 
 
-def pair_probabilities(probs_a, probs_b, class_names, true_class: int,
-                       labels: tuple[str, str] = ("a", "b"), top: int = 10) -> Figure:
+def pair_probabilities(
+    probs_a,
+    probs_b,
+    class_names,
+    true_class: int,
+    labels: tuple[str, str] = ("a", "b"),
+    top: int = 10,
+) -> Figure:
     """Both sides' class probabilities as grouped bars (the true class marked).
 
     Args:
@@ -480,8 +589,10 @@ def pair_probabilities(probs_a, probs_b, class_names, true_class: int,
     pa, pb = np.asarray(probs_a, dtype=float).ravel(), np.asarray(probs_b, dtype=float).ravel()
     k = len(pa)
     if len(pb) != k or len(class_names) != k:
-        raise ValueError(f"probs_a, probs_b and class_names must have one entry per class, got "
-                         f"{len(pa)}, {len(pb)} and {len(class_names)}")
+        raise ValueError(
+            f"probs_a, probs_b and class_names must have one entry per class, got "
+            f"{len(pa)}, {len(pb)} and {len(class_names)}"
+        )
     if not 0 <= int(true_class) < k:
         raise ValueError(f"true_class must be in [0, {k - 1}], got {true_class}")
     shown = np.arange(k)
@@ -494,13 +605,20 @@ def pair_probabilities(probs_a, probs_b, class_names, true_class: int,
     ax = fig.add_subplot()
     ax.bar(x - 0.2, pa[shown], width=0.4, label=labels[0], color="tab:blue")
     ax.bar(x + 0.2, pb[shown], width=0.4, label=labels[1], color="tab:orange")
-    ax.set_xticks(x, names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right"
-                  if max(map(len, names)) > 3 else "center")
+    ax.set_xticks(
+        x,
+        names,
+        rotation=45 if max(map(len, names)) > 3 else 0,
+        ha="right" if max(map(len, names)) > 3 else "center",
+    )
     for tick, i in zip(ax.get_xticklabels(), shown):
         if i == int(true_class):
             tick.set_fontweight("bold")
-    ax.set(ylim=(0, 1), ylabel="probability",
-           title="Class probabilities (true class in bold)" + (f", top {top}" if k > top else ""))
+    ax.set(
+        ylim=(0, 1),
+        ylabel="probability",
+        title="Class probabilities (true class in bold)" + (f", top {top}" if k > top else ""),
+    )
     ax.grid(axis="y", alpha=0.3)
     _larger(ax)
     fig.legend(loc="outside right upper", fontsize=_TEXT - 1, frameon=False)
@@ -537,10 +655,18 @@ def colour_limits(means, sds=None, centre: float | None = None) -> tuple[float, 
     return (lo, hi) if hi > lo else (lo - 1e-6, hi + 1e-6)
 
 
-def ablation_heatmap(df, value: str = "value", row: str = "grid", col: str = "pr", fmt: str = ".3f",
-                     title: str | None = None, lower_is_better: bool = False,
-                     label: str | None = None, baseline: float | None = None,
-                     baseline_label: str = "CE") -> Figure:
+def ablation_heatmap(
+    df,
+    value: str = "value",
+    row: str = "grid",
+    col: str = "pr",
+    fmt: str = ".3f",
+    title: str | None = None,
+    lower_is_better: bool = False,
+    label: str | None = None,
+    baseline: float | None = None,
+    baseline_label: str = "CE",
+) -> Figure:
     """Heatmap of a metric over a two-way ablation (default grid x pr): mean ± sd per cell.
 
     Repeats of a cell (several seeds) are averaged; a cell of several runs shows its mean and
@@ -575,20 +701,40 @@ def ablation_heatmap(df, value: str = "value", row: str = "grid", col: str = "pr
         cmap = "viridis_r" if lower_is_better else "viridis"
     else:
         cmap = "RdBu_r" if lower_is_better else "RdBu"
-    fig = Figure(figsize=(2.2 + 1.25 * table.shape[1], 1.6 + 0.9 * table.shape[0]), layout="constrained")
+    fig = Figure(
+        figsize=(2.2 + 1.25 * table.shape[1], 1.6 + 0.9 * table.shape[0]), layout="constrained"
+    )
     ax = fig.add_subplot()
     im = ax.imshow(table.to_numpy(dtype=float), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     bar = fig.colorbar(im, ax=ax, label=label or value)
     if baseline is not None:
         bar.ax.axhline(baseline, color="black", linewidth=2.5)
-        bar.set_ticks(sorted({*[t for t in bar.get_ticks() if vmin <= t <= vmax
-                                and abs(t - baseline) > (vmax - vmin) / 8], baseline}))
-        bar.ax.set_yticklabels([f"{baseline_label} {t:{fmt}}" if t == baseline else f"{t:{fmt}}"
-                                for t in bar.get_ticks()])
+        bar.set_ticks(
+            sorted(
+                {
+                    *[
+                        t
+                        for t in bar.get_ticks()
+                        if vmin <= t <= vmax and abs(t - baseline) > (vmax - vmin) / 8
+                    ],
+                    baseline,
+                }
+            )
+        )
+        bar.ax.set_yticklabels(
+            [
+                f"{baseline_label} {t:{fmt}}" if t == baseline else f"{t:{fmt}}"
+                for t in bar.get_ticks()
+            ]
+        )
     bar.ax.tick_params(labelsize=_TEXT - 1)
     bar.ax.yaxis.label.set_size(_TEXT)
-    ax.set_xticks(range(table.shape[1]), [f"{c:g}" if isinstance(c, float) else str(c) for c in table.columns])
-    ax.set_yticks(range(table.shape[0]), [f"{r:g}" if isinstance(r, float) else str(r) for r in table.index])
+    ax.set_xticks(
+        range(table.shape[1]), [f"{c:g}" if isinstance(c, float) else str(c) for c in table.columns]
+    )
+    ax.set_yticks(
+        range(table.shape[0]), [f"{r:g}" if isinstance(r, float) else str(r) for r in table.index]
+    )
     for i in range(table.shape[0]):
         for j in range(table.shape[1]):
             v = table.iat[i, j]
@@ -599,20 +745,36 @@ def ablation_heatmap(df, value: str = "value", row: str = "grid", col: str = "pr
                 text += f"\n± {sd.iat[i, j]:{fmt}}"
             r, g, b_, _ = im.cmap(im.norm(v))
             dark = 0.299 * r + 0.587 * g + 0.114 * b_ < 0.5
-            ax.text(j, i, text, ha="center", va="center", fontsize=_TEXT,
-                    color="white" if dark else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=_TEXT,
+                color="white" if dark else "black",
+            )
     ax.set(xlabel=col, ylabel=row, title=title or f"{value} over {row} x {col}")
     _larger(ax)
     return fig
 
 
-CURVE_LABELS = {"train_loss": "training loss", "train_ce": "training cross-entropy",
-                "train_kd": "training KD term", "train_acc": "training accuracy",
-                "test_loss": "test loss (NLL)", "test_acc": "test accuracy", "ece": "test ECE",
-                "mean_max_prob": "test mean max-probability", "lr": "learning rate"}
+CURVE_LABELS = {
+    "train_loss": "training loss",
+    "train_ce": "training cross-entropy",
+    "train_kd": "training KD term",
+    "train_acc": "training accuracy",
+    "test_loss": "test loss (NLL)",
+    "test_acc": "test accuracy",
+    "ece": "test ECE",
+    "mean_max_prob": "test mean max-probability",
+    "lr": "learning rate",
+}
 
 
-def training_curves(runs, keys=("train_loss", "test_loss", "test_acc", "ece"), ncols: int = 2) -> Figure:
+def training_curves(
+    runs, keys=("train_loss", "test_loss", "test_acc", "ece"), ncols: int = 2
+) -> Figure:
     """Per-epoch curves from ``metrics.jsonl`` rows, one panel per key, one line per run.
 
     Args:
@@ -638,8 +800,14 @@ def training_curves(runs, keys=("train_loss", "test_loss", "test_acc", "ece"), n
         ax.grid(alpha=0.3)
         _larger(ax)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3) or 1,
-               fontsize=_TEXT - 1, frameon=False)
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=min(len(labels), 3) or 1,
+        fontsize=_TEXT - 1,
+        frameon=False,
+    )
     return fig
 
 
@@ -653,8 +821,13 @@ RUN_PANELS = {
 _PERCENT_KEYS = {"train_acc", "test_acc"}
 
 
-def run_curves(rows: list[dict], panels: dict[str, tuple] | None = None, ncols: int = 2,
-               title: str | None = None, first_epoch: int = 1) -> Figure:
+def run_curves(
+    rows: list[dict],
+    panels: dict[str, tuple] | None = None,
+    ncols: int = 2,
+    title: str | None = None,
+    first_epoch: int = 1,
+) -> Figure:
     """One run's per-epoch curves, a panel per kind (default :data:`RUN_PANELS`), legible when
     projected: each y axis fits its own data (accuracy in %, so 97-99.7 % is not a flat line
     at the top of 0-1) and each panel's legend sits under it, outside the plot.
@@ -671,23 +844,41 @@ def run_curves(rows: list[dict], panels: dict[str, tuple] | None = None, ncols: 
         Figure.
     """
     panels = dict(RUN_PANELS if panels is None else panels)
-    series = {name: {k: [(r["epoch"], r[k]) for r in rows
-                         if r.get(k) is not None and r.get("epoch", 0) >= first_epoch]
-                     for k in keys} for name, keys in panels.items()}
+    series = {
+        name: {
+            k: [
+                (r["epoch"], r[k])
+                for r in rows
+                if r.get(k) is not None and r.get("epoch", 0) >= first_epoch
+            ]
+            for k in keys
+        }
+        for name, keys in panels.items()
+    }
     # a series that is zero throughout (the KD term of a CE run) says nothing: left out
-    series = {name: {k: pts for k, pts in by_key.items() if pts and any(v != 0 for _, v in pts)}
-              for name, by_key in series.items()}
+    series = {
+        name: {k: pts for k, pts in by_key.items() if pts and any(v != 0 for _, v in pts)}
+        for name, by_key in series.items()
+    }
     series = {name: by_key for name, by_key in series.items() if by_key}
     if not series:
-        raise ValueError(f"no rows with an epoch and any of {sorted({k for v in panels.values() for k in v})}")
+        raise ValueError(
+            f"no rows with an epoch and any of {sorted({k for v in panels.values() for k in v})}"
+        )
     fig, axes = _grid(len(series), ncols, size=4.3)
     fig.set_size_inches(4.6 * min(ncols, len(series)), 4.1 * math.ceil(len(series) / ncols))
     for ax, (name, by_key) in zip(axes, series.items()):
         for key, pts in by_key.items():
             xs, ys = zip(*pts)
             pct = key in _PERCENT_KEYS
-            ax.plot(xs, [100 * y for y in ys] if pct else ys, marker="o", markersize=4, linewidth=2,
-                    label=CURVE_LABELS.get(key, key.replace("_", " ")))
+            ax.plot(
+                xs,
+                [100 * y for y in ys] if pct else ys,
+                marker="o",
+                markersize=4,
+                linewidth=2,
+                label=CURVE_LABELS.get(key, key.replace("_", " ")),
+            )
         if all(k in _PERCENT_KEYS for k in by_key):
             ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=None))
         ax.set(xlabel="epoch", title=name)
@@ -696,15 +887,21 @@ def run_curves(rows: list[dict], panels: dict[str, tuple] | None = None, ncols: 
         ax.grid(alpha=0.3)
         _larger(ax)
         if len(by_key) > 1:
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, fontsize=_TEXT - 1,
-                      frameon=False)
+            ax.legend(
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.2),
+                ncols=2,
+                fontsize=_TEXT - 1,
+                frameon=False,
+            )
     if title:
         fig.suptitle(title, fontsize=_TEXT + 2)
     return fig
 
 
-def image_rows_figure(rows: list[tuple[str, list, list[str]]], title: str | None = None,
-                      size: float = 2.0) -> Figure:
+def image_rows_figure(
+    rows: list[tuple[str, list, list[str]]], title: str | None = None, size: float = 2.0
+) -> Figure:
     """Rows of images with a caption under each and a label on each row: what the explorer
     shows as image lists, as one figure (to save for a slide).
 
@@ -718,10 +915,14 @@ def image_rows_figure(rows: list[tuple[str, list, list[str]]], title: str | None
         Figure.
     """
     if not rows or not all(len(r[1]) for r in rows):
-        raise ValueError("rows must be a non-empty list of (label, images, captions) with images in every row")
+        raise ValueError(
+            "rows must be a non-empty list of (label, images, captions) with images in every row"
+        )
     ncols = max(len(r[1]) for r in rows)
-    fig = Figure(figsize=(size * ncols + 0.6, (size + 0.7) * len(rows) + (0.4 if title else 0)),
-                 layout="constrained")
+    fig = Figure(
+        figsize=(size * ncols + 0.6, (size + 0.7) * len(rows) + (0.4 if title else 0)),
+        layout="constrained",
+    )
     axes = fig.subplots(len(rows), ncols, squeeze=False)
     for (label, images, captions), ax_row in zip(rows, axes):
         if len(captions) != len(images):
@@ -756,8 +957,9 @@ def upscale(img: np.ndarray, scale: int) -> np.ndarray:
     return np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
 
 
-def outline_cells(rgb: np.ndarray, cells, scale: int = 1, color: tuple = SWAP_RGB,
-                  thickness: int = 2) -> np.ndarray:
+def outline_cells(
+    rgb: np.ndarray, cells, scale: int = 1, color: tuple = SWAP_RGB, thickness: int = 2
+) -> np.ndarray:
     """Draw the border of every True cell of a g x g mask on an (upscaled) RGB image.
 
     Cells follow ``ipskit.swap.cell_index``, so a grid that does not divide the image size is
@@ -783,8 +985,8 @@ def outline_cells(rgb: np.ndarray, cells, scale: int = 1, color: tuple = SWAP_RG
     for r, c in np.argwhere(cells):
         rr, cc = np.flatnonzero(rows == r), np.flatnonzero(cols == c)
         y0, y1, x0, x1 = rr[0] * scale, (rr[-1] + 1) * scale, cc[0] * scale, (cc[-1] + 1) * scale
-        out[y0:y0 + t, x0:x1] = out[y1 - t:y1, x0:x1] = color
-        out[y0:y1, x0:x0 + t] = out[y0:y1, x1 - t:x1] = color
+        out[y0 : y0 + t, x0:x1] = out[y1 - t : y1, x0:x1] = color
+        out[y0:y1, x0 : x0 + t] = out[y0:y1, x1 - t : x1] = color
     return out
 
 

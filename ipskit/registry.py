@@ -13,20 +13,43 @@ Usage:
     spec = method_spec("ips+cutmix")   # MethodSpec(name, step_class="IPS", mixer="cutmix", ...)
     spec.needs_pairs, spec.swaps_patches, spec.settings
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ipskit.checks import InputError
 
-__all__ = ["MethodSpec", "METHODS", "METHOD_NAMES", "MIXERS", "method_spec", "swaps_patches",
-           "DATASETS", "IMAGEFOLDER", "MODELS"]
+__all__ = [
+    "MethodSpec",
+    "METHODS",
+    "METHOD_NAMES",
+    "MIXERS",
+    "method_spec",
+    "swaps_patches",
+    "DATASETS",
+    "IMAGEFOLDER",
+    "MODELS",
+]
 
 MIXERS = ("cutmix", "mixup", "cutout")  # batch regularisers, alone or riding on IPS
-_MIXER_SETTINGS = {"cutmix": ("mix_alpha", "mix_prob"), "mixup": ("mix_alpha", "mix_prob"),
-                   "cutout": ("cutout_size",)}
-_IPS_SETTINGS = ("grid", "patch_size", "pr", "swap_fraction", "temperature", "alpha", "gamma",
-                 "kd_direction", "detach_target", "t2_scale")
+_MIXER_SETTINGS = {
+    "cutmix": ("mix_alpha", "mix_prob"),
+    "mixup": ("mix_alpha", "mix_prob"),
+    "cutout": ("cutout_size",),
+}
+_IPS_SETTINGS = (
+    "grid",
+    "patch_size",
+    "pr",
+    "swap_fraction",
+    "temperature",
+    "alpha",
+    "gamma",
+    "kd_direction",
+    "detach_target",
+    "t2_scale",
+)
 
 
 @dataclass(frozen=True)
@@ -55,20 +78,44 @@ class MethodSpec:
 def _specs() -> dict[str, MethodSpec]:
     specs = [
         MethodSpec("ce", "CrossEntropy", summary="plain cross-entropy"),
-        MethodSpec("ips", "IPS", needs_pairs=True, swaps_patches=True, settings=_IPS_SETTINGS,
-                   summary="intra-class patch swap: CE on both swapped sides + KL between them"),
-        MethodSpec("label_smoothing", "CrossEntropy", settings=("smoothing",),
-                   summary="cross-entropy against smoothed targets"),
-        MethodSpec("cskd", "CSKD", needs_pairs=True,
-                   settings=("cskd_temperature", "cskd_lambda"),
-                   summary="class-wise self-KD: a same-class partner's prediction as target"),
+        MethodSpec(
+            "ips",
+            "IPS",
+            needs_pairs=True,
+            swaps_patches=True,
+            settings=_IPS_SETTINGS,
+            summary="intra-class patch swap: CE on both swapped sides + KL between them",
+        ),
+        MethodSpec(
+            "label_smoothing",
+            "CrossEntropy",
+            settings=("smoothing",),
+            summary="cross-entropy against smoothed targets",
+        ),
+        MethodSpec(
+            "cskd",
+            "CSKD",
+            needs_pairs=True,
+            settings=("cskd_temperature", "cskd_lambda"),
+            summary="class-wise self-KD: a same-class partner's prediction as target",
+        ),
     ]
-    specs += [MethodSpec(m, "Mixed", mixer=m, settings=_MIXER_SETTINGS[m], summary=f"CE with {m}")
-              for m in MIXERS]
-    specs += [MethodSpec(f"ips+{m}", "IPS", needs_pairs=True, swaps_patches=True, mixer=m,
-                         settings=_IPS_SETTINGS + _MIXER_SETTINGS[m],
-                         summary=f"IPS, then {m} applied alike to both sides of each pair")
-              for m in MIXERS]
+    specs += [
+        MethodSpec(m, "Mixed", mixer=m, settings=_MIXER_SETTINGS[m], summary=f"CE with {m}")
+        for m in MIXERS
+    ]
+    specs += [
+        MethodSpec(
+            f"ips+{m}",
+            "IPS",
+            needs_pairs=True,
+            swaps_patches=True,
+            mixer=m,
+            settings=_IPS_SETTINGS + _MIXER_SETTINGS[m],
+            summary=f"IPS, then {m} applied alike to both sides of each pair",
+        )
+        for m in MIXERS
+    ]
     return {s.name: s for s in specs}
 
 
@@ -81,7 +128,9 @@ def method_spec(name: str) -> MethodSpec:
     try:
         return METHODS[name]
     except (KeyError, TypeError):
-        raise InputError(f"unknown method {name!r}; choose one of: {', '.join(METHOD_NAMES)}") from None
+        raise InputError(
+            f"unknown method {name!r}; choose one of: {', '.join(METHOD_NAMES)}"
+        ) from None
 
 
 def swaps_patches(method) -> bool:
@@ -96,5 +145,16 @@ DATASETS = ("digits", "cifar10", "cifar100")
 IMAGEFOLDER = "imagefolder:"
 
 # Architectures (``ipskit.models.build_model``); models.py checks that it builds exactly these.
-MODELS = ("smallcnn", "resnet8", "resnet20", "resnet32", "resnet56", "resnet18", "resnet34",
-          "vgg11", "vgg16", "mobilenetv2", "shufflenetv2")
+MODELS = (
+    "smallcnn",
+    "resnet8",
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "resnet18",
+    "resnet34",
+    "vgg11",
+    "vgg16",
+    "mobilenetv2",
+    "shufflenetv2",
+)

@@ -164,12 +164,16 @@ def fgsm_curve(
     epsilons = [_check_eps(e) for e in epsilons]
     batch_size = check_int("batch_size", batch_size, minimum=1)
     if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
-        raise InputError(f"need N >= 1 images and N labels, got x {tuple(x.shape)} and y {tuple(y.shape)}")
+        raise InputError(
+            f"need N >= 1 images and N labels, got x {tuple(x.shape)} and y {tuple(y.shape)}"
+        )
     correct = [0] * len(epsilons)
     was_training = model.training
     model.eval()
     try:
-        for s in tqdm(range(0, x.shape[0], batch_size), desc="fgsm", disable=not progress, leave=False):
+        for s in tqdm(
+            range(0, x.shape[0], batch_size), desc="fgsm", disable=not progress, leave=False
+        ):
             xb, yb = x[s : s + batch_size].to(device).float(), y[s : s + batch_size].to(device)
             sign = _input_grad(model, xb, yb).sign()  # one gradient serves every eps
             with torch.no_grad():
@@ -222,7 +226,9 @@ def corruption_accuracy(
     names = list(CORRUPTIONS if names is None else names)
     for n in names:
         if not isinstance(n, str) or n not in SEVERITY_PARAMS:
-            raise InputError(f"unknown corruption {n!r}; known corruptions: {', '.join(CORRUPTIONS)}")
+            raise InputError(
+                f"unknown corruption {n!r}; known corruptions: {', '.join(CORRUPTIONS)}"
+            )
     severities = [check_int("corruption severity", s, 1, 5) for s in severities]
     batch_size = check_int("batch_size", batch_size, minimum=1)
     was_training = model.training
@@ -232,7 +238,9 @@ def corruption_accuracy(
         correct = 0
         for s in range(0, x.shape[0], batch_size):
             xb = x[s : s + batch_size].to(device).float()
-            correct += int((model(transform(xb)).argmax(dim=1) == y[s : s + batch_size].to(device)).sum())
+            correct += int(
+                (model(transform(xb)).argmax(dim=1) == y[s : s + batch_size].to(device)).sum()
+            )
         return correct / x.shape[0]
 
     try:
@@ -240,8 +248,10 @@ def corruption_accuracy(
         table: dict[str, dict[str, float]] = {}
         cells = [(n, s) for n in names for s in severities]
         for n, s in tqdm(cells, desc="corruptions", disable=not progress, leave=False):
-            g = torch.Generator(device=torch.device(device)).manual_seed(_corruption_seed(seed, n, s))
-            table.setdefault(n, {})[str(s)] = acc_of(lambda b: corrupt(b, n, s, g))
+            g = torch.Generator(device=torch.device(device)).manual_seed(
+                _corruption_seed(seed, n, s)
+            )
+            table.setdefault(n, {})[str(s)] = acc_of(lambda b, n=n, s=s, g=g: corrupt(b, n, s, g))
     finally:
         model.train(was_training)
     all_accs = [a for row in table.values() for a in row.values()]
@@ -249,7 +259,9 @@ def corruption_accuracy(
         "clean": clean,
         "accuracy": table,
         "mean_per_corruption": {n: float(np.mean(list(row.values()))) for n, row in table.items()},
-        "mean_per_severity": {str(s): float(np.mean([table[n][str(s)] for n in names])) for s in severities},
+        "mean_per_severity": {
+            str(s): float(np.mean([table[n][str(s)] for n in names])) for s in severities
+        },
         "mean_corruption_accuracy": float(np.mean(all_accs)) if all_accs else float("nan"),
         "seed": int(seed),
     }
@@ -258,7 +270,9 @@ def corruption_accuracy(
 # ----------------------------------------------------------------------------- CIFAR-C files
 
 
-def load_cifar_c(root: str | os.PathLike, name: str, severity: int) -> tuple[torch.Tensor, torch.Tensor]:
+def load_cifar_c(
+    root: str | os.PathLike, name: str, severity: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Load one corruption at one severity from the published CIFAR-10-C / CIFAR-100-C arrays.
 
     The folder holds ``<name>.npy`` (uint8 ``[5 n, 32, 32, 3]``, severities 1..5 stacked in
@@ -274,20 +288,32 @@ def load_cifar_c(root: str | os.PathLike, name: str, severity: int) -> tuple[tor
         ``(x, y)``: images ``[n, 3, 32, 32]`` float32 in [0, 1], labels ``[n]`` int64.
     """
     if not isinstance(name, str) or name not in CIFAR_C_NAMES:
-        raise InputError(f"unknown CIFAR-C corruption {name!r}; the published files are: {', '.join(CIFAR_C_NAMES)}")
+        raise InputError(
+            f"unknown CIFAR-C corruption {name!r}; the published files are: {', '.join(CIFAR_C_NAMES)}"
+        )
     severity = check_int("CIFAR-C severity", severity, 1, 5)
     x_path, y_path = os.path.join(root, f"{name}.npy"), os.path.join(root, "labels.npy")
     for p in (x_path, y_path):
         if not os.path.isfile(p):
-            raise InputError(f"CIFAR-C file not found: {p} (download CIFAR-10-C/100-C and pass its folder)")
+            raise InputError(
+                f"CIFAR-C file not found: {p} (download CIFAR-10-C/100-C and pass its folder)"
+            )
     xs = np.load(x_path, mmap_mode="r")
     ys = np.load(y_path, mmap_mode="r")
-    if xs.ndim != 4 or xs.shape[1:] != (32, 32, 3) or xs.dtype != np.uint8 or xs.shape[0] % 5 or not xs.shape[0]:
+    if (
+        xs.ndim != 4
+        or xs.shape[1:] != (32, 32, 3)
+        or xs.dtype != np.uint8
+        or xs.shape[0] % 5
+        or not xs.shape[0]
+    ):
         raise InputError(
             f"{x_path} has shape {xs.shape} dtype {xs.dtype}; expected uint8 [5n, 32, 32, 3] (n = 10000 when published)"
         )
     if ys.shape != (xs.shape[0],):
-        raise InputError(f"{y_path} has shape {ys.shape}; expected [{xs.shape[0]}] to match {name}.npy")
+        raise InputError(
+            f"{y_path} has shape {ys.shape}; expected [{xs.shape[0]}] to match {name}.npy"
+        )
     n = xs.shape[0] // 5
     block = slice((severity - 1) * n, severity * n)
     x = torch.from_numpy(np.array(xs[block])).permute(0, 3, 1, 2).float() / 255.0  # [n, 3, 32, 32]

@@ -16,6 +16,7 @@ Usage:
     for r in list_runs("runs"): print(r["name"], r["method"], r["test_acc"])
     export_run("runs/natural/ips", "results/natural/ips")   # JSON files + weights only
 """
+
 from __future__ import annotations
 
 import json
@@ -31,11 +32,34 @@ import torch
 from ipskit.checks import InputError
 from ipskit.registry import swaps_patches
 
-__all__ = ["CONFIG", "METRICS", "SUMMARY", "ENV", "CHECKPOINT", "EVAL", "atomic_write",
-           "atomic_write_text", "atomic_write_json", "atomic_write_jsonl", "atomic_torch_save",
-           "read_json", "read_jsonl", "claim_run_dir", "check_replaceable", "replace_run_dir",
-           "RunBusyError", "load_checkpoint", "load_run", "list_runs", "load_model", "export_run",
-           "TEST_SAMPLE", "write_test_sample", "read_test_sample", "find_test_sample"]
+__all__ = [
+    "CONFIG",
+    "METRICS",
+    "SUMMARY",
+    "ENV",
+    "CHECKPOINT",
+    "EVAL",
+    "atomic_write",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_write_jsonl",
+    "atomic_torch_save",
+    "read_json",
+    "read_jsonl",
+    "claim_run_dir",
+    "check_replaceable",
+    "replace_run_dir",
+    "RunBusyError",
+    "load_checkpoint",
+    "load_run",
+    "list_runs",
+    "load_model",
+    "export_run",
+    "TEST_SAMPLE",
+    "write_test_sample",
+    "read_test_sample",
+    "find_test_sample",
+]
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 ENV, CHECKPOINT, EVAL = "env.json", "checkpoint.pt", "eval.json"
@@ -61,7 +85,9 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        if hasattr(os, "fchmod"):  # mkstemp makes 0600; a run folder follows the umask (shared labs)
+        if hasattr(
+            os, "fchmod"
+        ):  # mkstemp makes 0600; a run folder follows the umask (shared labs)
             os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -122,8 +148,10 @@ def claim_run_dir(run_dir: str | os.PathLike):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunBusyError(f"run folder {run_dir} is being written by another ipskit process; "
-                               f"wait for it to finish or choose another --name") from None
+            raise RunBusyError(
+                f"run folder {run_dir} is being written by another ipskit process; "
+                f"wait for it to finish or choose another --name"
+            ) from None
         try:  # the holder before us may have removed the file after we opened it: start again
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino
         except FileNotFoundError:
@@ -149,15 +177,20 @@ def check_replaceable(run_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     symbolic link, or a folder (or parent) this process cannot write."""
     run_dir = Path(run_dir)
     if run_dir.is_symlink():
-        raise InputError(f"{run_dir} is a symbolic link; ipskit does not replace a run through a "
-                         f"link: remove the link or choose another --name")
+        raise InputError(
+            f"{run_dir} is a symbolic link; ipskit does not replace a run through a "
+            f"link: remove the link or choose another --name"
+        )
     if run_dir.resolve() == Path(out_dir).resolve():
-        raise InputError(f"{run_dir} is the output folder itself; --overwrite replaces one run "
-                         f"folder inside it")
+        raise InputError(
+            f"{run_dir} is the output folder itself; --overwrite replaces one run folder inside it"
+        )
     others = [c.parent for c in run_dir.rglob(CONFIG) if c.parent != run_dir]
     if others:
-        raise InputError(f"{run_dir} holds other runs (e.g. {others[0]}); --overwrite replaces "
-                         f"one run folder, never a folder of runs")
+        raise InputError(
+            f"{run_dir} holds other runs (e.g. {others[0]}); --overwrite replaces "
+            f"one run folder, never a folder of runs"
+        )
     for folder in (run_dir.parent, run_dir):
         if not os.access(folder, os.W_OK | os.X_OK):
             raise InputError(f"cannot write to {folder} (permission denied); nothing was changed")
@@ -200,8 +233,9 @@ def read_json(path: str | os.PathLike, default=None) -> dict:
     except json.JSONDecodeError as e:
         raise InputError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(value, dict):
-        raise InputError(f"{path} holds a JSON {type(value).__name__}, not the object ipskit "
-                         f"writes there")
+        raise InputError(
+            f"{path} holds a JSON {type(value).__name__}, not the object ipskit writes there"
+        )
     return value
 
 
@@ -229,8 +263,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu",
-                    required: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:
+def load_checkpoint(
+    path: str | os.PathLike, map_location="cpu", required: tuple[str, ...] = CHECKPOINT_KEYS
+) -> dict:
     """Load and check an ipskit checkpoint with ``weights_only=True``.
 
     Args:
@@ -245,19 +280,22 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu",
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: the run has not finished an epoch "
-                                f"yet")
+        raise FileNotFoundError(f"no checkpoint at {path}: the run has not finished an epoch yet")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"checkpoint {path} cannot be read (corrupt, truncated or not saved "
-                         f"by ipskit): {first[:200]}") from None
+        raise InputError(
+            f"checkpoint {path} cannot be read (corrupt, truncated or not saved "
+            f"by ipskit): {first[:200]}"
+        ) from None
     missing = [k for k in required if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        what = ("holds the weights only (an exported run): it cannot be resumed"
-                if isinstance(ckpt, dict) and ckpt.get("model_only") else
-                "is not an ipskit checkpoint")
+        what = (
+            "holds the weights only (an exported run): it cannot be resumed"
+            if isinstance(ckpt, dict) and ckpt.get("model_only")
+            else "is not an ipskit checkpoint"
+        )
         raise InputError(f"checkpoint {path} {what}: missing {', '.join(missing)}")
     return ckpt
 
@@ -280,9 +318,14 @@ def load_run(run_dir: str | os.PathLike) -> dict:
         ``env`` (dict).
     """
     run_dir = _check_run_dir(run_dir)
-    return {"path": str(run_dir), "config": read_json(run_dir / CONFIG),
-            "metrics": read_jsonl(run_dir / METRICS), "summary": read_json(run_dir / SUMMARY, {}),
-            "eval": read_json(run_dir / EVAL, {}), "env": read_json(run_dir / ENV, {})}
+    return {
+        "path": str(run_dir),
+        "config": read_json(run_dir / CONFIG),
+        "metrics": read_jsonl(run_dir / METRICS),
+        "summary": read_json(run_dir / SUMMARY, {}),
+        "eval": read_json(run_dir / EVAL, {}),
+        "env": read_json(run_dir / ENV, {}),
+    }
 
 
 def list_runs(root: str | os.PathLike = "runs") -> list[dict]:
@@ -307,24 +350,53 @@ def list_runs(root: str | os.PathLike = "runs") -> list[dict]:
             run = load_run(run_dir)
         except (ValueError, OSError) as e:  # one broken run must not hide the others
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            out.append({"name": run_dir.relative_to(root).as_posix(), "path": str(run_dir),
-                        **{k: None for k in ("method", "model", "dataset", "seed", "epochs",
-                                             "test_acc", "ece", "grid", "pr")},
-                        "epochs_done": 0, "status": "broken", "error": first,
-                        "has_model": False, "config": {}, "summary": {}})
+            out.append(
+                {
+                    "name": run_dir.relative_to(root).as_posix(),
+                    "path": str(run_dir),
+                    **{
+                        k: None
+                        for k in (
+                            "method",
+                            "model",
+                            "dataset",
+                            "seed",
+                            "epochs",
+                            "test_acc",
+                            "ece",
+                            "grid",
+                            "pr",
+                        )
+                    },
+                    "epochs_done": 0,
+                    "status": "broken",
+                    "error": first,
+                    "has_model": False,
+                    "config": {},
+                    "summary": {},
+                }
+            )
             continue
         cfg, summary, metrics = run["config"] or {}, run["summary"], run["metrics"]
         last = metrics[-1] if metrics else {}
-        out.append({
-            "name": run_dir.relative_to(root).as_posix(), "path": str(run_dir),
-            **{k: cfg.get(k) for k in ("method", "model", "dataset", "seed", "epochs")},
-            "epochs_done": len(metrics),
-            "status": summary.get("status", "unfinished"),
-            "test_acc": last.get("test_acc"), "ece": last.get("ece"),
-            "has_model": (run_dir / CHECKPOINT).is_file(),
-            **{k: cfg.get(k) if swaps_patches(cfg.get("method")) else None for k in ("grid", "pr")},
-            "config": cfg, "summary": summary,
-        })
+        out.append(
+            {
+                "name": run_dir.relative_to(root).as_posix(),
+                "path": str(run_dir),
+                **{k: cfg.get(k) for k in ("method", "model", "dataset", "seed", "epochs")},
+                "epochs_done": len(metrics),
+                "status": summary.get("status", "unfinished"),
+                "test_acc": last.get("test_acc"),
+                "ece": last.get("ece"),
+                "has_model": (run_dir / CHECKPOINT).is_file(),
+                **{
+                    k: cfg.get(k) if swaps_patches(cfg.get("method")) else None
+                    for k in ("grid", "pr")
+                },
+                "config": cfg,
+                "summary": summary,
+            }
+        )
     return out
 
 
@@ -348,12 +420,15 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0]
-        raise InputError(f"checkpoint {run_dir / CHECKPOINT} does not match its model_info: "
-                         f"{first[:200]}") from None
+        raise InputError(
+            f"checkpoint {run_dir / CHECKPOINT} does not match its model_info: {first[:200]}"
+        ) from None
     return model.to(device).eval(), read_json(run_dir / CONFIG)
 
 
-def export_run(run_dir: str | os.PathLike, dest: str | os.PathLike, max_bytes: int = 2_000_000) -> Path:
+def export_run(
+    run_dir: str | os.PathLike, dest: str | os.PathLike, max_bytes: int = 2_000_000
+) -> Path:
     """Copy a finished run to ``dest`` with its weights only: small enough to ship in a repo.
 
     Every JSON file of the run is copied; ``checkpoint.pt`` keeps ``model`` and ``model_info``
@@ -369,13 +444,20 @@ def export_run(run_dir: str | os.PathLike, dest: str | os.PathLike, max_bytes: i
     """
     run_dir, dest = _check_run_dir(run_dir), Path(dest)
     ckpt = load_checkpoint(run_dir / CHECKPOINT, required=MODEL_KEYS)
-    slim = {"model": ckpt["model"], "model_info": ckpt["model_info"], "epoch": ckpt.get("epoch"),
-            "config": ckpt.get("config"), "ipskit_version": ckpt.get("ipskit_version"),
-            "model_only": True}
+    slim = {
+        "model": ckpt["model"],
+        "model_info": ckpt["model_info"],
+        "epoch": ckpt.get("epoch"),
+        "config": ckpt.get("config"),
+        "ipskit_version": ckpt.get("ipskit_version"),
+        "model_only": True,
+    }
     size = sum(t.numel() * t.element_size() for t in ckpt["model"].values())
     if size > max_bytes:
-        raise InputError(f"the weights of {run_dir} take {size / 1e6:.1f} MB; the limit is "
-                         f"{max_bytes / 1e6:g} MB (use a smaller model)")
+        raise InputError(
+            f"the weights of {run_dir} take {size / 1e6:.1f} MB; the limit is "
+            f"{max_bytes / 1e6:g} MB (use a smaller model)"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG, METRICS, SUMMARY, ENV, EVAL):
         if (run_dir / name).is_file():
@@ -384,8 +466,9 @@ def export_run(run_dir: str | os.PathLike, dest: str | os.PathLike, max_bytes: i
     return dest
 
 
-def write_test_sample(path: str | os.PathLike, x: torch.Tensor, y: torch.Tensor,
-                      classes: list[str]) -> Path:
+def write_test_sample(
+    path: str | os.PathLike, x: torch.Tensor, y: torch.Tensor, classes: list[str]
+) -> Path:
     """Save test images as a compressed ``.npz`` (``x`` uint8 [N, C, H, W], ``y`` [N], class names).
 
     A sample next to a shipped run lets the explorer show that run on a machine without its
@@ -393,11 +476,17 @@ def write_test_sample(path: str | os.PathLike, x: torch.Tensor, y: torch.Tensor,
     """
     x = torch.as_tensor(x)
     if x.dtype != torch.uint8 or x.dim() != 4 or len(y) != len(x):
-        raise InputError(f"x must be uint8 [N, C, H, W] with one label each, got {x.dtype} "
-                         f"{tuple(x.shape)} and {len(y)} labels")
+        raise InputError(
+            f"x must be uint8 [N, C, H, W] with one label each, got {x.dtype} "
+            f"{tuple(x.shape)} and {len(y)} labels"
+        )
     path = Path(path)
-    atomic_write(path, lambda f: np.savez_compressed(
-        f, x=x.numpy(), y=np.asarray(y, dtype=np.int64), classes=np.asarray(classes, dtype=str)))
+    atomic_write(
+        path,
+        lambda f: np.savez_compressed(
+            f, x=x.numpy(), y=np.asarray(y, dtype=np.int64), classes=np.asarray(classes, dtype=str)
+        ),
+    )
     return path
 
 
@@ -406,7 +495,11 @@ def read_test_sample(path: str | os.PathLike) -> dict:
     ``y`` int64 [N], ``classes`` list of names. ValueError (one line) if it is not one."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            out = {"x": f["x"], "y": f["y"].astype(np.int64), "classes": [str(c) for c in f["classes"]]}
+            out = {
+                "x": f["x"],
+                "y": f["y"].astype(np.int64),
+                "classes": [str(c) for c in f["classes"]],
+            }
     except (OSError, KeyError, ValueError) as e:
         raise InputError(f"{path} is not a test sample written by ipskit ({e})") from None
     if out["x"].dtype != np.uint8 or out["x"].ndim != 4 or len(out["y"]) != len(out["x"]):

@@ -26,6 +26,7 @@ data-dependent shapes, and the pixel-to-cell tables are built once per (H, W, g,
 cached, so it can be captured in a CUDA graph (run it once before capturing, to fill that
 cache; ``python benchmarks/bench_swap.py --device cuda`` captures and replays it).
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,8 +38,16 @@ from torch import Tensor, nn
 
 from ipskit.checks import InputError, check_float, check_int
 
-__all__ = ["SwapDecision", "draw_swap", "apply_swap", "patch_swap", "PatchSwap", "pixel_mask",
-           "resolve_grid", "cell_index"]
+__all__ = [
+    "SwapDecision",
+    "draw_swap",
+    "apply_swap",
+    "patch_swap",
+    "PatchSwap",
+    "pixel_mask",
+    "resolve_grid",
+    "cell_index",
+]
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,7 @@ class SwapDecision:
         """bool [B, 1, H, W]: True where pixels come from the partner image."""
         return pixel_mask(self, height, width)
 
-    def to(self, device: torch.device | str) -> "SwapDecision":
+    def to(self, device: torch.device | str) -> SwapDecision:
         return SwapDecision(self.swapped.to(device), self.cells.to(device), self.grid)
 
     def __len__(self) -> int:
@@ -90,24 +99,29 @@ def _check_grid(grid) -> int:
 
 def _check_generator(generator) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise _WrongType(f"generator must be a torch.Generator or None, got "
-                         f"{type(generator).__name__} {generator!r}")
+        raise _WrongType(
+            f"generator must be a torch.Generator or None, got "
+            f"{type(generator).__name__} {generator!r}"
+        )
 
 
-def _check_settings(grid, patch_size, pr, swap_fraction
-                    ) -> tuple[int | None, int | None, float, float | None]:
+def _check_settings(
+    grid, patch_size, pr, swap_fraction
+) -> tuple[int | None, int | None, float, float | None]:
     """(grid, patch_size, pr, swap_fraction) checked and as plain Python numbers."""
     if (grid is None) == (patch_size is None):
-        raise InputError(f"give exactly one of grid and patch_size, got grid={grid!r}, "
-                         f"patch_size={patch_size!r}")
+        raise InputError(
+            f"give exactly one of grid and patch_size, got grid={grid!r}, patch_size={patch_size!r}"
+        )
     if grid is not None:
         grid = _check_grid(grid)
     else:
         patch_size = check_int("patch_size", patch_size, minimum=1, why="(pixels per cell side)")
     pr = check_float("pr (swap probability per pair)", pr, 0, 1)
     if swap_fraction is not None:
-        swap_fraction = check_float("swap_fraction", swap_fraction, 0, 1, lo_open=True,
-                                    hi_open=True)
+        swap_fraction = check_float(
+            "swap_fraction", swap_fraction, 0, 1, lo_open=True, hi_open=True
+        )
     return grid, patch_size, pr, swap_fraction
 
 
@@ -115,21 +129,28 @@ def _fit_grid(height: int, width: int, grid: int | None, patch_size: int | None)
     """The checked grid or patch size, checked against this image size: g."""
     if patch_size is not None:
         if height % patch_size or width % patch_size or height // patch_size != width // patch_size:
-            raise InputError(f"patch_size {patch_size} does not split a {height}x{width} image "
-                             f"into the same whole number of cells per side; pass grid=g instead "
-                             f"(cells may then differ by one pixel)")
+            raise InputError(
+                f"patch_size {patch_size} does not split a {height}x{width} image "
+                f"into the same whole number of cells per side; pass grid=g instead "
+                f"(cells may then differ by one pixel)"
+            )
         if height // patch_size < 2:
-            raise InputError(f"patch_size {patch_size} makes a {height}x{width} image a single "
-                             f"cell: nothing can be swapped; use patch_size <= {height // 2}")
+            raise InputError(
+                f"patch_size {patch_size} makes a {height}x{width} image a single "
+                f"cell: nothing can be swapped; use patch_size <= {height // 2}"
+            )
         return height // patch_size
     if grid > min(height, width):
-        raise InputError(f"grid {grid} has more cells per side than the {height}x{width} image "
-                         f"has pixels; use grid <= {min(height, width)}")
+        raise InputError(
+            f"grid {grid} has more cells per side than the {height}x{width} image "
+            f"has pixels; use grid <= {min(height, width)}"
+        )
     return grid
 
 
-def resolve_grid(height: int, width: int, grid: int | None = None,
-                 patch_size: int | None = None) -> int:
+def resolve_grid(
+    height: int, width: int, grid: int | None = None, patch_size: int | None = None
+) -> int:
     """Turn ``grid`` or ``patch_size`` into the number of cells per side, checking both.
 
     Args:
@@ -146,9 +167,14 @@ def resolve_grid(height: int, width: int, grid: int | None = None,
     return _fit_grid(height, width, grid, patch_size)
 
 
-def draw_swap(batch_size: int, grid: int, pr: float = 0.5,
-              generator: torch.Generator | None = None, device: torch.device | str | None = None,
-              swap_fraction: float | None = None) -> SwapDecision:
+def draw_swap(
+    batch_size: int,
+    grid: int,
+    pr: float = 0.5,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    swap_fraction: float | None = None,
+) -> SwapDecision:
     """Draw which pairs are swapped and which cells they exchange.
 
     Args:
@@ -172,8 +198,14 @@ def draw_swap(batch_size: int, grid: int, pr: float = 0.5,
     return _draw_swap(batch_size, grid, pr, generator, device, swap_fraction)
 
 
-def _draw_swap(batch_size: int, grid: int, pr: float, generator: torch.Generator | None,
-               device: torch.device | str | None, swap_fraction: float | None) -> SwapDecision:
+def _draw_swap(
+    batch_size: int,
+    grid: int,
+    pr: float,
+    generator: torch.Generator | None,
+    device: torch.device | str | None,
+    swap_fraction: float | None,
+) -> SwapDecision:
     """:func:`draw_swap` without checks, for settings checked once (a training step)."""
     n = grid * grid
     draw_device = generator.device if generator is not None else torch.device(device or "cpu")
@@ -221,8 +253,10 @@ def pixel_mask(decision: SwapDecision, height: int, width: int) -> Tensor:
     """
     g = decision.grid
     if g > min(height, width):
-        raise InputError(f"a grid of {g} cells per side does not fit a {height}x{width} image; "
-                         f"use grid <= {min(height, width)}")
+        raise InputError(
+            f"a grid of {g} cells per side does not fit a {height}x{width} image; "
+            f"use grid <= {min(height, width)}"
+        )
     b, cell_of_pixel = len(decision), _cell_of_pixel(height, width, g, decision.cells.device)
     # One gather along the cells (on a CPU 2-4x faster than advanced indexing or index_select).
     flat = decision.cells.reshape(b, g * g).gather(1, cell_of_pixel.expand(b, -1))  # (B, H*W)
@@ -231,18 +265,21 @@ def pixel_mask(decision: SwapDecision, height: int, width: int) -> Tensor:
 
 def _check_pair(x_a: Tensor, x_b: Tensor) -> None:
     if not isinstance(x_a, Tensor) or not isinstance(x_b, Tensor):
-        raise _WrongType(f"x_a and x_b must be tensors, got {type(x_a).__name__} and "
-                        f"{type(x_b).__name__}")
+        raise _WrongType(
+            f"x_a and x_b must be tensors, got {type(x_a).__name__} and {type(x_b).__name__}"
+        )
     if x_a.dim() != 4:
         raise InputError(f"x_a must be a 4-D batch [B, C, H, W], got shape {tuple(x_a.shape)}")
     if x_a.shape != x_b.shape:
-        raise InputError(f"x_a and x_b must have the same shape, got {tuple(x_a.shape)} and "
-                         f"{tuple(x_b.shape)}")
+        raise InputError(
+            f"x_a and x_b must have the same shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}"
+        )
     if x_a.dtype != x_b.dtype:
         raise _WrongType(f"x_a and x_b must have the same dtype, got {x_a.dtype} and {x_b.dtype}")
     if x_a.device != x_b.device:
-        raise InputError(f"x_a and x_b must be on the same device, got {x_a.device} and "
-                         f"{x_b.device}")
+        raise InputError(
+            f"x_a and x_b must be on the same device, got {x_a.device} and {x_b.device}"
+        )
 
 
 def apply_swap(x_a: Tensor, x_b: Tensor, decision: SwapDecision) -> tuple[Tensor, Tensor]:
@@ -256,8 +293,7 @@ def apply_swap(x_a: Tensor, x_b: Tensor, decision: SwapDecision) -> tuple[Tensor
     """
     _check_pair(x_a, x_b)
     if len(decision) != x_a.shape[0]:
-        raise InputError(f"decision is for {len(decision)} pairs but the batch has "
-                         f"{x_a.shape[0]}")
+        raise InputError(f"decision is for {len(decision)} pairs but the batch has {x_a.shape[0]}")
     return _apply_swap(x_a, x_b, decision)
 
 
@@ -267,9 +303,15 @@ def _apply_swap(x_a: Tensor, x_b: Tensor, decision: SwapDecision) -> tuple[Tenso
     return torch.where(mask, x_b, x_a), torch.where(mask, x_a, x_b)
 
 
-def _swap(x_a: Tensor, x_b: Tensor, grid: int | None, patch_size: int | None, pr: float,
-          generator: torch.Generator | None, swap_fraction: float | None
-          ) -> tuple[Tensor, Tensor, SwapDecision]:
+def _swap(
+    x_a: Tensor,
+    x_b: Tensor,
+    grid: int | None,
+    patch_size: int | None,
+    pr: float,
+    generator: torch.Generator | None,
+    swap_fraction: float | None,
+) -> tuple[Tensor, Tensor, SwapDecision]:
     """Draw + apply for checked settings: checks only what depends on this batch."""
     _check_pair(x_a, x_b)
     _check_generator(generator)
@@ -278,9 +320,15 @@ def _swap(x_a: Tensor, x_b: Tensor, grid: int | None, patch_size: int | None, pr
     return (*_apply_swap(x_a, x_b, decision), decision)
 
 
-def patch_swap(x_a: Tensor, x_b: Tensor, grid: int | None = None, patch_size: int | None = None,
-               pr: float = 0.5, generator: torch.Generator | None = None,
-               swap_fraction: float | None = None) -> tuple[Tensor, Tensor, SwapDecision]:
+def patch_swap(
+    x_a: Tensor,
+    x_b: Tensor,
+    grid: int | None = None,
+    patch_size: int | None = None,
+    pr: float = 0.5,
+    generator: torch.Generator | None = None,
+    swap_fraction: float | None = None,
+) -> tuple[Tensor, Tensor, SwapDecision]:
     """Swap random cells between same-class pairs (draw + apply in one call).
 
     Args:
@@ -306,14 +354,21 @@ class PatchSwap(nn.Module):
         >>> x_a2, x_b2, decision = swap(x_a, x_b, generator=torch.Generator().manual_seed(0))
     """
 
-    def __init__(self, grid: int | None = None, patch_size: int | None = None, pr: float = 0.5,
-                 swap_fraction: float | None = None):
+    def __init__(
+        self,
+        grid: int | None = None,
+        patch_size: int | None = None,
+        pr: float = 0.5,
+        swap_fraction: float | None = None,
+    ):
         super().__init__()
         self.grid, self.patch_size, self.pr, self.swap_fraction = _check_settings(
-            grid, patch_size, pr, swap_fraction)
+            grid, patch_size, pr, swap_fraction
+        )
 
-    def forward(self, x_a: Tensor, x_b: Tensor, generator: torch.Generator | None = None
-                ) -> tuple[Tensor, Tensor, SwapDecision]:
+    def forward(
+        self, x_a: Tensor, x_b: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, SwapDecision]:
         return _swap(x_a, x_b, self.grid, self.patch_size, self.pr, generator, self.swap_fraction)
 
     def extra_repr(self) -> str:

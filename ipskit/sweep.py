@@ -20,14 +20,15 @@ sends every cell to a Slurm cluster as its own job; the table is the same either
 
 Command line: ``ipskit sweep --name grid-pr --grid 2 4 --pr 0.25 0.5 --seed 0 1 --jobs 4``.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import itertools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -37,11 +38,29 @@ from ipskit.registry import swaps_patches
 from ipskit.runs import atomic_write_text
 from ipskit.train import fit
 
-__all__ = ["run_sweep", "sweep_cells", "read_results", "cell_summary", "method_table", "run_demo",
-           "format_table", "DEMO_SETTINGS"]
+__all__ = [
+    "run_sweep",
+    "sweep_cells",
+    "read_results",
+    "cell_summary",
+    "method_table",
+    "run_demo",
+    "format_table",
+    "DEMO_SETTINGS",
+]
 
-METRIC_COLUMNS = ("epoch", "train_loss", "train_ce", "train_kd", "train_acc", "test_acc",
-                  "test_loss", "ece", "mean_max_prob", "wall_time_s")
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_ce",
+    "train_kd",
+    "train_acc",
+    "test_acc",
+    "test_loss",
+    "ece",
+    "mean_max_prob",
+    "wall_time_s",
+)
 
 
 def _value_name(v) -> str:
@@ -59,8 +78,10 @@ def sweep_cells(values: dict[str, list], sweep_name: str) -> list[tuple[dict, Tr
         One (axis values, config) per cell, in the order of the product over the axes.
     """
     if "name" in values:
-        raise InputError("a sweep names its runs itself (<sweep>/<axis>=<value>_...); drop "
-                         "'name' from the values")
+        raise InputError(
+            "a sweep names its runs itself (<sweep>/<axis>=<value>_...); drop "
+            "'name' from the values"
+        )
     empty = [k for k, v in values.items() if len(v) == 0]
     if empty:
         raise InputError(f"sweep values for {empty[0]!r} are empty; give at least one value")
@@ -76,13 +97,22 @@ def sweep_cells(values: dict[str, list], sweep_name: str) -> list[tuple[dict, Tr
 
 
 def _row(point: dict, cfg: TrainConfig, summary: dict) -> dict:
-    settings = {"method": cfg.method, "model": cfg.model, "dataset": cfg.dataset,
-                "epochs": cfg.epochs, "seed": cfg.seed}
+    settings = {
+        "method": cfg.method,
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "epochs": cfg.epochs,
+        "seed": cfg.seed,
+    }
     if swaps_patches(cfg.method):  # IPS's own axes are columns even when the sweep fixes them
         settings.update(grid=cfg.grid, pr=cfg.pr)
     settings.update(point)
-    return {**settings, **{k: summary.get(k) for k in METRIC_COLUMNS},
-            "status": summary.get("status"), "run_dir": summary.get("run_dir")}
+    return {
+        **settings,
+        **{k: summary.get(k) for k in METRIC_COLUMNS},
+        "status": summary.get("status"),
+        "run_dir": summary.get("run_dir"),
+    }
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -114,15 +144,24 @@ def _train_in_process(cfg: TrainConfig, threads: int, gpu: int | None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    cmd = [sys.executable, "-m", "ipskit", "train", *config_to_argv(cfg), "--resume",
-           "--no-progress"]
-    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "ipskit",
+        "train",
+        *config_to_argv(cfg),
+        "--resume",
+        "--no-progress",
+    ]
+    done = subprocess.run(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     run_dir = Path(cfg.out_dir) / cfg.run_name
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
-        raise RuntimeError((lines[-1] if lines else f"exit status {done.returncode}")
-                           .removeprefix("error: "))
+        raise RuntimeError(
+            (lines[-1] if lines else f"exit status {done.returncode}").removeprefix("error: ")
+        )
     from ipskit.runs import SUMMARY, read_json
 
     return {**read_json(run_dir / SUMMARY), "run_dir": str(run_dir)}
@@ -134,7 +173,9 @@ def _submit(todo, jobs: int, launcher: str, launcher_options: dict, folder: Path
         import submitit
 
         opts = dict(launcher_options)
-        executor = submitit.AutoExecutor(folder=folder / ".submitit", cluster=opts.pop("cluster", None))
+        executor = submitit.AutoExecutor(
+            folder=folder / ".submitit", cluster=opts.pop("cluster", None)
+        )
         executor.update_parameters(**opts)
         with executor.batch():
             handles = [(i, executor.submit(_train_cell, cfg)) for i, cfg in todo]
@@ -160,8 +201,10 @@ def _submit(todo, jobs: int, launcher: str, launcher_options: dict, folder: Path
     threads = max(1, (os.cpu_count() or 1) // jobs)
     gpus = torch.cuda.device_count() if todo and todo[0][1].device in ("auto", "cuda") else 0
     with ThreadPoolExecutor(jobs) as pool:
-        futures = {pool.submit(_train_in_process, cfg, threads, k % gpus if gpus > 1 else None): i
-                   for k, (i, cfg) in enumerate(todo)}
+        futures = {
+            pool.submit(_train_in_process, cfg, threads, k % gpus if gpus > 1 else None): i
+            for k, (i, cfg) in enumerate(todo)
+        }
         for f in as_completed(futures):
             try:
                 yield futures[f], f.result()
@@ -169,9 +212,16 @@ def _submit(todo, jobs: int, launcher: str, launcher_options: dict, folder: Path
                 yield futures[f], e
 
 
-def run_sweep(values: dict[str, list], sweep_name: str, csv_path: str | Path | None = None,
-              progress: bool = True, epoch_bars: bool = False, jobs: int = 1,
-              launcher: str = "local", launcher_options: dict | None = None) -> Path:
+def run_sweep(
+    values: dict[str, list],
+    sweep_name: str,
+    csv_path: str | Path | None = None,
+    progress: bool = True,
+    epoch_bars: bool = False,
+    jobs: int = 1,
+    launcher: str = "local",
+    launcher_options: dict | None = None,
+) -> Path:
     """Train every cell of a grid (skipping finished ones) and write one tidy CSV.
 
     Args:
@@ -211,27 +261,43 @@ def run_sweep(values: dict[str, list], sweep_name: str, csv_path: str | Path | N
     todo = list(enumerate(cfg for _, cfg in cells))
     bar = tqdm(total=len(cells), desc=f"sweep {sweep_name}", disable=not progress)
     if jobs > 1 or launcher != "local":
-        tqdm.write(f"sweep {sweep_name}: {len(cells)} runs, "
-                   + (f"{jobs} at once" if launcher == "local" else f"as {launcher} jobs"))
-    for i, result in _submit(todo, jobs, launcher, launcher_options or {}, path.parent,
-                             progress and epoch_bars and jobs == 1 and launcher == "local"):
+        tqdm.write(
+            f"sweep {sweep_name}: {len(cells)} runs, "
+            + (f"{jobs} at once" if launcher == "local" else f"as {launcher} jobs")
+        )
+    for i, result in _submit(
+        todo,
+        jobs,
+        launcher,
+        launcher_options or {},
+        path.parent,
+        progress and epoch_bars and jobs == 1 and launcher == "local",
+    ):
         point, cfg = cells[i]
         if isinstance(result, BaseException):
-            line = str(result).strip().splitlines()[0] if str(result).strip() else type(result).__name__
+            line = (
+                str(result).strip().splitlines()[0]
+                if str(result).strip()
+                else type(result).__name__
+            )
             failed.append(f"{cfg.run_name}: {line}")
             summary = {"status": "failed", "run_dir": str(Path(cfg.out_dir) / cfg.run_name)}
             tqdm.write(f"[{len(rows) + 1}/{len(cells)}] {cfg.run_name}: FAILED: {line}")
         else:
             summary = result
-            tqdm.write(f"[{len(rows) + 1}/{len(cells)}] {cfg.run_name}: test "
-                       f"{100 * summary['test_acc']:.2f}%  ece {summary['ece']:.4f}")
+            tqdm.write(
+                f"[{len(rows) + 1}/{len(cells)}] {cfg.run_name}: test "
+                f"{100 * summary['test_acc']:.2f}%  ece {summary['ece']:.4f}"
+            )
         rows[i] = _row(point, cfg, summary)
         _write_csv(path, [rows[k] for k in sorted(rows)])
         bar.update(1)
     bar.close()
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(cells)} runs failed (the table has the others): "
-                           + "; ".join(failed))
+        raise RuntimeError(
+            f"{len(failed)} of {len(cells)} runs failed (the table has the others): "
+            + "; ".join(failed)
+        )
     return path
 
 
@@ -276,8 +342,12 @@ def cell_summary(df, metric: str, by: tuple[str, ...] = ("grid", "pr")):
     missing = [c for c in (*by, metric) if c not in df.columns]
     if missing:
         raise InputError(f"the table lacks column(s) {missing}; it has {list(df.columns)}")
-    return (df.dropna(subset=[*by, metric]).groupby(list(by))[metric]
-            .agg(["mean", "std", "count"]).reset_index())
+    return (
+        df.dropna(subset=[*by, metric])
+        .groupby(list(by))[metric]
+        .agg(["mean", "std", "count"])
+        .reset_index()
+    )
 
 
 def method_table(root: str | Path) -> str:
@@ -296,17 +366,36 @@ def method_table(root: str | Path) -> str:
     if not finished:
         raise InputError(f"no finished runs under {root}")
     by_method: dict[str, list[dict]] = {}
-    for r in sorted(finished, key=lambda r: (r["method"] not in ("ce", "ips"), r["method"] != "ce")):
+    for r in sorted(
+        finished, key=lambda r: (r["method"] not in ("ce", "ips"), r["method"] != "ce")
+    ):
         by_method.setdefault(r["method"], []).append(r["summary"])
     rows = []
     for method, ss in by_method.items():
         acc = [100 * s["test_acc"] for s in ss]
         spread = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else ""
-        rows.append({"method": method, "seeds": len(ss), "top1": f"{statistics.mean(acc):.2f}{spread}",
-                     **{k: statistics.mean(s[k] for s in ss) for k in ("test_loss", "ece", "mean_max_prob")}})
-    return format_table(rows, [("method", "method", ""), ("seeds", "seeds", "d"),
-                               ("top1", "top-1 % (mean ± sd)", ""), ("test_loss", "NLL", ".3f"),
-                               ("ece", "ECE", ".3f"), ("mean_max_prob", "mean max-prob", ".3f")])
+        rows.append(
+            {
+                "method": method,
+                "seeds": len(ss),
+                "top1": f"{statistics.mean(acc):.2f}{spread}",
+                **{
+                    k: statistics.mean(s[k] for s in ss)
+                    for k in ("test_loss", "ece", "mean_max_prob")
+                },
+            }
+        )
+    return format_table(
+        rows,
+        [
+            ("method", "method", ""),
+            ("seeds", "seeds", "d"),
+            ("top1", "top-1 % (mean ± sd)", ""),
+            ("test_loss", "NLL", ".3f"),
+            ("ece", "ECE", ".3f"),
+            ("mean_max_prob", "mean max-prob", ".3f"),
+        ],
+    )
 
 
 # ----- demo -----------------------------------------------------------------------------------
@@ -319,14 +408,24 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """A markdown table. ``columns``: (key, header, format spec) per column."""
     head = "| " + " | ".join(h for _, h, _ in columns) + " |"
     sep = "| " + " | ".join("---" for _ in columns) + " |"
-    body = ["| " + " | ".join(format(r[k], f) if r.get(k) is not None else "-"
-                              for k, _, f in columns) + " |" for r in rows]
+    body = [
+        "| "
+        + " | ".join(format(r[k], f) if r.get(k) is not None else "-" for k, _, f in columns)
+        + " |"
+        for r in rows
+    ]
     return "\n".join([head, sep, *body])
 
 
-def run_demo(out: str = "runs/demo", epochs: int | None = None, seed: int = 0,
-             overwrite: bool = False, progress: bool = True,
-             on_epoch: Callable[[TrainConfig, dict], None] | None = None, **settings) -> list[dict]:
+def run_demo(
+    out: str = "runs/demo",
+    epochs: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[TrainConfig, dict], None] | None = None,
+    **settings,
+) -> list[dict]:
     """Train ``ce`` and ``ips`` on digits under one recipe and print a comparison table.
 
     The runs are ``<out>/ce`` and ``<out>/ips``; runs that already finished are reused unless
@@ -341,23 +440,37 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, seed: int = 0,
     Returns:
         The two summaries (with ``run_dir``).
     """
-    settings = dict(DEMO_SETTINGS, seed=seed, **({"epochs": epochs} if epochs else {}),
-                    **settings)
+    settings = dict(DEMO_SETTINGS, seed=seed, **({"epochs": epochs} if epochs else {}), **settings)
     out = Path(out)
     summaries = []
     for method in ("ce", "ips"):
-        cfg = TrainConfig(method=method, out_dir=str(out.parent), name=f"{out.name}/{method}",
-                          **settings)
-        summaries.append(fit(cfg, resume=not overwrite, overwrite=overwrite, progress=progress,
-                             on_epoch=on_epoch))
+        cfg = TrainConfig(
+            method=method, out_dir=str(out.parent), name=f"{out.name}/{method}", **settings
+        )
+        summaries.append(
+            fit(
+                cfg, resume=not overwrite, overwrite=overwrite, progress=progress, on_epoch=on_epoch
+            )
+        )
     rows = [{**s, "test_acc_pct": 100 * s["test_acc"]} for s in summaries]
     print()
-    print(format_table(rows, [("method", "method", "s"), ("test_acc_pct", "test acc %", ".2f"),
-                              ("test_loss", "test NLL", ".4f"), ("ece", "ECE", ".4f"),
-                              ("mean_max_prob", "mean max-prob", ".3f"),
-                              ("wall_time_s", "train time s", ".1f")]))
-    print(f"\n{settings['model']} on {settings['dataset']}, {settings['epochs']} epochs, ONE "
-          f"seed ({seed}): differences of a few tenths of a percent are noise; compare "
-          f"several seeds with ipskit sweep --seed 0 1 2 ...")
+    print(
+        format_table(
+            rows,
+            [
+                ("method", "method", "s"),
+                ("test_acc_pct", "test acc %", ".2f"),
+                ("test_loss", "test NLL", ".4f"),
+                ("ece", "ECE", ".4f"),
+                ("mean_max_prob", "mean max-prob", ".3f"),
+                ("wall_time_s", "train time s", ".1f"),
+            ],
+        )
+    )
+    print(
+        f"\n{settings['model']} on {settings['dataset']}, {settings['epochs']} epochs, ONE "
+        f"seed ({seed}): differences of a few tenths of a percent are noise; compare "
+        f"several seeds with ipskit sweep --seed 0 1 2 ..."
+    )
     print(f"runs: {out / 'ce'}  {out / 'ips'}")
     return summaries

@@ -18,6 +18,7 @@ anchors, and only rank 0 writes. ``batch_size`` is per process.
 Everything a run could reject (names, sizes, an existing folder, a checkpoint that does not
 match) is checked before the folder is created or changed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,9 +29,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -38,18 +39,36 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from ipskit.checks import InputError, check_device
 from ipskit import metrics as M
 from ipskit import runs
+from ipskit.checks import InputError, check_device
 from ipskit.config import TrainConfig
 from ipskit.data import derive_seed  # public here too: ipskit.train.derive_seed
 from ipskit.methods import Method, build_method
 
-__all__ = ["fit", "fit_or_reuse", "train_one_epoch", "evaluate_epoch", "resolve_device", "lr_factor",
-           "derive_seed", "prepare_data", "TrainData"]
+__all__ = [
+    "fit",
+    "fit_or_reuse",
+    "train_one_epoch",
+    "evaluate_epoch",
+    "resolve_device",
+    "lr_factor",
+    "derive_seed",
+    "prepare_data",
+    "TrainData",
+]
 
 # Settings that may differ on resume: where and how fast, not what is computed.
-_RESUME_FREE = {"out_dir", "data_root", "name", "device", "compile", "num_workers", "amp", "channels_last"}
+_RESUME_FREE = {
+    "out_dir",
+    "data_root",
+    "name",
+    "device",
+    "compile",
+    "num_workers",
+    "amp",
+    "channels_last",
+}
 
 
 # ----- small helpers ---------------------------------------------------------------------------
@@ -65,11 +84,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} asked for but CUDA is not available; use --device "
-                         f"cpu or auto")
+        raise InputError(
+            f"device {name!r} asked for but CUDA is not available; use --device cpu or auto"
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"device {name!r} asked for but MPS is not available; use --device "
-                         f"cpu or auto")
+        raise InputError(
+            f"device {name!r} asked for but MPS is not available; use --device cpu or auto"
+        )
     return dev
 
 
@@ -92,10 +113,22 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 # ----- one epoch ----------------------------------------------------------------------------
-def train_one_epoch(model: nn.Module, method: Method, loader, optimizer: torch.optim.Optimizer,
-                    scheduler, generator: torch.Generator, epoch: int, device: torch.device, *,
-                    amp: bool = False, channels_last: bool = False, progress: bool = True,
-                    desc: str = "train", sync_every: int = 10) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    method: Method,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    generator: torch.Generator,
+    epoch: int,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+    progress: bool = True,
+    desc: str = "train",
+    sync_every: int = 10,
+) -> dict:
     """Train for one pass over ``loader``.
 
     Args:
@@ -121,8 +154,7 @@ def train_one_epoch(model: nn.Module, method: Method, loader, optimizer: torch.o
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
     n_total = m_total = 0
     # A bar driven by hand: tqdm.auto's async flavour calls iter() on what it wraps twice.
-    bar = tqdm(total=len(loader), desc=desc, leave=False, disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=len(loader), desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
     lr, step = optimizer.param_groups[0]["lr"], -1
     for step, (x, y) in enumerate(loader):
         x = x.to(device, non_blocking=True)
@@ -132,8 +164,7 @@ def train_one_epoch(model: nn.Module, method: Method, loader, optimizer: torch.o
         with _autocast(device, amp):
             out = method.step(model, x, y, generator)
         loss = out.loss.float()
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step,
-                                first_bad)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -143,8 +174,9 @@ def train_one_epoch(model: nn.Module, method: Method, loader, optimizer: torch.o
         n = y.shape[0] // 2 if method.needs_pairs else y.shape[0]
         n_total, m_total = n_total + n, m_total + out.targets.shape[0]
         correct = (out.logits.argmax(dim=1) == out.targets).sum()
-        sums += torch.stack([loss.detach() * n, out.ce.float() * n, out.kd.float() * n,
-                             correct.float()]).double()
+        sums += torch.stack(
+            [loss.detach() * n, out.ce.float() * n, out.kd.float() * n, correct.float()]
+        ).double()
         if (step + 1) % sync_every == 0 or step + 1 == len(loader):
             bad = first_bad.clone()
             if dist.is_initialized():  # every rank must stop together, or the others hang
@@ -152,26 +184,39 @@ def train_one_epoch(model: nn.Module, method: Method, loader, optimizer: torch.o
             if int(bad) >= 0:
                 raise FloatingPointError(
                     f"non-finite loss at epoch {epoch}, step {int(bad) + 1}: training stopped; "
-                    f"try a lower --lr or check the data")
+                    f"try a lower --lr or check the data"
+                )
             s = sums.tolist()
-            bar.set_postfix(loss=f"{s[0] / n_total:.3f}", acc=f"{100 * s[3] / m_total:.1f}%",
-                            refresh=False)
+            bar.set_postfix(
+                loss=f"{s[0] / n_total:.3f}", acc=f"{100 * s[3] / m_total:.1f}%", refresh=False
+            )
         bar.update(1)
     bar.close()
     if step < 0:
         raise InputError("the training loader yielded no batch; lower --batch-size")
-    totals = torch.cat([sums, torch.tensor([n_total, m_total], device=device,
-                                           dtype=torch.float64)])
+    totals = torch.cat([sums, torch.tensor([n_total, m_total], device=device, dtype=torch.float64)])
     if dist.is_initialized():
         dist.all_reduce(totals)
     s = totals.tolist()
-    return {"train_loss": s[0] / s[4], "train_ce": s[1] / s[4], "train_kd": s[2] / s[4],
-            "train_acc": s[3] / s[5], "lr": lr, "steps": step + 1}
+    return {
+        "train_loss": s[0] / s[4],
+        "train_ce": s[1] / s[4],
+        "train_kd": s[2] / s[4],
+        "train_acc": s[3] / s[5],
+        "lr": lr,
+        "steps": step + 1,
+    }
 
 
 @torch.no_grad()
-def evaluate_epoch(model: nn.Module, loader, device: torch.device, *, amp: bool = False,
-                   channels_last: bool = False) -> dict:
+def evaluate_epoch(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> dict:
     """Accuracy, loss and calibration of ``model`` over ``loader`` (eval mode).
 
     Args:
@@ -191,21 +236,27 @@ def evaluate_epoch(model: nn.Module, loader, device: torch.device, *, amp: bool 
         labels.append(y.cpu())
     z, y = torch.cat(logits), torch.cat(labels).long()  # (N, K), (N,)
     if not torch.isfinite(z).all():
-        raise FloatingPointError("the model gives non-finite logits on the test set; training "
-                                 "diverged: try a lower --lr")
-    return {"test_acc": M.accuracy(z, y), "test_loss": M.nll(z, y),
-            "ece": M.expected_calibration_error(z, y),
-            "mean_max_prob": float(z.softmax(dim=1).max(dim=1).values.mean())}
+        raise FloatingPointError(
+            "the model gives non-finite logits on the test set; training diverged: try a lower --lr"
+        )
+    return {
+        "test_acc": M.accuracy(z, y),
+        "test_loss": M.nll(z, y),
+        "ece": M.expected_calibration_error(z, y),
+        "mean_max_prob": float(z.softmax(dim=1).max(dim=1).values.mean()),
+    }
 
 
-def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False,
-             channels_last: bool = False) -> dict:
+def evaluate(
+    model: nn.Module, loader, device: torch.device, amp: bool = False, channels_last: bool = False
+) -> dict:
     """Deprecated name of :func:`evaluate_epoch` (it shadowed the ``ipskit.evaluate`` module);
     kept for one release."""
     import warnings
 
-    warnings.warn("ipskit.train.evaluate is renamed evaluate_epoch", DeprecationWarning,
-                  stacklevel=2)
+    warnings.warn(
+        "ipskit.train.evaluate is renamed evaluate_epoch", DeprecationWarning, stacklevel=2
+    )
     return evaluate_epoch(model, loader, device, amp=amp, channels_last=channels_last)
 
 
@@ -235,8 +286,9 @@ class _Relabelled(torch.utils.data.Dataset):
         return self.dataset[self.indices[i]][0], self.labels[i]
 
 
-def prepare_data(cfg: TrainConfig, device: torch.device, world: int = 1, rank: int = 0
-                 ) -> TrainData:
+def prepare_data(
+    cfg: TrainConfig, device: torch.device, world: int = 1, rank: int = 0
+) -> TrainData:
     """Load the dataset and build the train/test loaders the config asks for.
 
     The training subset (``max_train_samples``, capped at the dataset size) and the label
@@ -260,38 +312,58 @@ def prepare_data(cfg: TrainConfig, device: torch.device, world: int = 1, rank: i
     labels = labels[idx]
     flipped = torch.zeros(len(labels), dtype=torch.bool)
     if cfg.label_noise > 0:
-        labels, flipped = noisy_labels(labels, bundle.num_classes, cfg.label_noise,
-                                       cfg.label_noise_kind, seed=cfg.seed)
+        labels, flipped = noisy_labels(
+            labels, bundle.num_classes, cfg.label_noise, cfg.label_noise_kind, seed=cfg.seed
+        )
     per_rank = len(labels) // world
     if per_rank < cfg.batch_size:
-        raise InputError(f"batch_size {cfg.batch_size} is larger than the {per_rank} training "
-                         f"samples per process; lower --batch-size")
+        raise InputError(
+            f"batch_size {cfg.batch_size} is larger than the {per_rank} training "
+            f"samples per process; lower --batch-size"
+        )
 
     # Pair methods: same-class pairs (2B indices per batch); otherwise a shuffled split.
     samplers, batch_sampler = [], None
     if cfg.uses_pairs:
-        batch_sampler = SameClassPairSampler(labels, cfg.batch_size, seed=cfg.seed,
-                                             drop_last=True, num_replicas=world, rank=rank)
+        batch_sampler = SameClassPairSampler(
+            labels, cfg.batch_size, seed=cfg.seed, drop_last=True, num_replicas=world, rank=rank
+        )
         samplers.append(batch_sampler)
     elif world > 1:
-        inner = torch.utils.data.DistributedSampler(range(len(labels)), world, rank,
-                                                    shuffle=True, seed=cfg.seed)
+        inner = torch.utils.data.DistributedSampler(
+            range(len(labels)), world, rank, shuffle=True, seed=cfg.seed
+        )
         batch_sampler = torch.utils.data.BatchSampler(inner, cfg.batch_size, drop_last=True)
         samplers.append(inner)
     aug_seed = derive_seed(cfg.seed, rank, 1)
     eval_batch = max(256, cfg.batch_size)
     if cfg.fast_path and bundle.train_x is not None:
-        train = InMemoryLoader(bundle.train_x[idx], labels, cfg.batch_size,
-                               augment=augment, device=device, seed=aug_seed,
-                               shuffle=True, drop_last=True, batch_sampler=batch_sampler)
-        test = InMemoryLoader(bundle.test_x, bundle.test_y, eval_batch, augment=None,
-                              device=device, shuffle=False)
+        train = InMemoryLoader(
+            bundle.train_x[idx],
+            labels,
+            cfg.batch_size,
+            augment=augment,
+            device=device,
+            seed=aug_seed,
+            shuffle=True,
+            drop_last=True,
+            batch_sampler=batch_sampler,
+        )
+        test = InMemoryLoader(
+            bundle.test_x, bundle.test_y, eval_batch, augment=None, device=device, shuffle=False
+        )
     else:
         train = _DataLoaderPerEpoch(
-            _Relabelled(train_set, idx, labels), cfg.batch_size, batch_sampler,
-            cfg.num_workers, aug_seed, pin=device.type == "cuda")
-        test = torch.utils.data.DataLoader(bundle.test_dataset, eval_batch,
-                                           num_workers=cfg.num_workers)
+            _Relabelled(train_set, idx, labels),
+            cfg.batch_size,
+            batch_sampler,
+            cfg.num_workers,
+            aug_seed,
+            pin=device.type == "cuda",
+        )
+        test = torch.utils.data.DataLoader(
+            bundle.test_dataset, eval_batch, num_workers=cfg.num_workers
+        )
     samplers.append(train)
     return TrainData(bundle, train, test, samplers, labels, flipped)
 
@@ -312,16 +384,29 @@ class _DataLoaderPerEpoch:
         # RNG, which fit() reseeds from (seed, epoch, rank) at the start of every epoch.
         g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
         if self.batch_sampler is not None:
-            return torch.utils.data.DataLoader(self.dataset, batch_sampler=self.batch_sampler,
-                                               num_workers=self.num_workers, generator=g,
-                                               pin_memory=self.pin)
-        return torch.utils.data.DataLoader(self.dataset, self.batch_size, shuffle=True,
-                                           drop_last=True, num_workers=self.num_workers,
-                                           generator=g, pin_memory=self.pin)
+            return torch.utils.data.DataLoader(
+                self.dataset,
+                batch_sampler=self.batch_sampler,
+                num_workers=self.num_workers,
+                generator=g,
+                pin_memory=self.pin,
+            )
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            generator=g,
+            pin_memory=self.pin,
+        )
 
     def __len__(self):
-        return len(self.batch_sampler) if self.batch_sampler is not None else (
-            len(self.dataset) // self.batch_size)
+        return (
+            len(self.batch_sampler)
+            if self.batch_sampler is not None
+            else (len(self.dataset) // self.batch_size)
+        )
 
     def __iter__(self):
         return iter(self._loader())
@@ -350,8 +435,9 @@ def _git_commit(package_dir: str | os.PathLike | None = None) -> str | None:
     here = Path(package_dir or Path(__file__).parent).resolve()
 
     def git(*args) -> str:
-        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
-                              timeout=5).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
 
     try:
         top = git("rev-parse", "--show-toplevel")
@@ -369,10 +455,18 @@ def _env_info(device: torch.device, world: int) -> dict:
 
     commit = _git_commit()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    return {"python": sys.version.split()[0], "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "ipskit": __version__,
-            "platform": platform.platform(), "device": str(device), "device_name": name or "cpu",
-            "num_threads": torch.get_num_threads(), "world_size": world, "git_commit": commit}
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "ipskit": __version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": name or "cpu",
+        "num_threads": torch.get_num_threads(),
+        "world_size": world,
+        "git_commit": commit,
+    }
 
 
 def _resume_state(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool):
@@ -387,14 +481,18 @@ def _resume_state(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return None
     if not (run_dir / runs.CONFIG).exists():  # never delete or reuse a folder that is not a run
-        raise InputError(f"{run_dir} exists and is not an ipskit run folder (no "
-                         f"{runs.CONFIG}); choose another --name or --out-dir")
+        raise InputError(
+            f"{run_dir} exists and is not an ipskit run folder (no "
+            f"{runs.CONFIG}); choose another --name or --out-dir"
+        )
     if overwrite:
         runs.check_replaceable(run_dir, cfg.out_dir)
         return None
     if not resume:
-        raise InputError(f"run folder {run_dir} already exists; pass --resume to continue it, "
-                         f"--overwrite to replace it, or --name for a new one")
+        raise InputError(
+            f"run folder {run_dir} already exists; pass --resume to continue it, "
+            f"--overwrite to replace it, or --name for a new one"
+        )
     ckpt_path = run_dir / runs.CHECKPOINT
     if not ckpt_path.exists():  # killed before the first epoch ended: nothing to keep
         runs.check_replaceable(run_dir, cfg.out_dir)
@@ -405,22 +503,32 @@ def _resume_state(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
     diff = [k for k in now if k not in _RESUME_FREE and saved.get(k, now[k]) != now[k]]
     if diff or not saved:
         k = diff[0] if diff else "config"
-        raise InputError(f"checkpoint {ckpt_path} does not match these settings ({k}: "
-                         f"{saved.get(k)!r} in the run, {now.get(k)!r} now); resume with the "
-                         f"same settings or pass --overwrite")
+        raise InputError(
+            f"checkpoint {ckpt_path} does not match these settings ({k}: "
+            f"{saved.get(k)!r} in the run, {now.get(k)!r} now); resume with the "
+            f"same settings or pass --overwrite"
+        )
     return ckpt
 
 
 def _log_line(cfg: TrainConfig, row: dict) -> str:
     kd = f" kd {row['train_kd']:.3f}" if row["train_kd"] else ""
-    return (f"epoch {row['epoch']:>3}/{cfg.epochs}  loss {row['train_loss']:.3f} "
-            f"(ce {row['train_ce']:.3f}{kd})  train {100 * row['train_acc']:.1f}%  "
-            f"test {100 * row['test_acc']:.1f}%  ece {row['ece']:.3f}  "
-            f"lr {row['lr']:.4f}  {row['epoch_time_s']:.1f}s")
+    return (
+        f"epoch {row['epoch']:>3}/{cfg.epochs}  loss {row['train_loss']:.3f} "
+        f"(ce {row['train_ce']:.3f}{kd})  train {100 * row['train_acc']:.1f}%  "
+        f"test {100 * row['test_acc']:.1f}%  ece {row['ece']:.3f}  "
+        f"lr {row['lr']:.4f}  {row['epoch_time_s']:.1f}s"
+    )
 
 
-def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-        verbose: bool = True, on_epoch: Callable[[TrainConfig, dict], None] | None = None) -> dict:
+def fit(
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    verbose: bool = True,
+    on_epoch: Callable[[TrainConfig, dict], None] | None = None,
+) -> dict:
     """Train a model as ``cfg`` says and write its run folder.
 
     Args:
@@ -443,8 +551,17 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
         # Rank 0 holds the run folder from before its checks to the end: a second process
         # asking for the same folder is refused at once instead of interleaving its files.
         with runs.claim_run_dir(Path(cfg.out_dir) / cfg.run_name) if rank == 0 else nullcontext():
-            return _fit(cfg, resume, overwrite, progress and rank == 0, verbose and rank == 0,
-                        world, rank, local, on_epoch if rank == 0 else None)
+            return _fit(
+                cfg,
+                resume,
+                overwrite,
+                progress and rank == 0,
+                verbose and rank == 0,
+                world,
+                rank,
+                local,
+                on_epoch if rank == 0 else None,
+            )
     finally:
         if owns_pg:
             dist.destroy_process_group()
@@ -489,17 +606,25 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
     data = prepare_data(cfg, device, world, rank)
     bundle = data.bundle
     torch.manual_seed(cfg.seed)  # same initial weights for every method at a given seed
-    model = build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size,
-                        bundle.mean, bundle.std).to(device)
+    model = build_model(
+        cfg.model,
+        bundle.num_classes,
+        bundle.in_channels,
+        bundle.image_size,
+        bundle.mean,
+        bundle.std,
+    ).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = build_method(cfg, bundle.num_classes, bundle.image_size, fill=bundle.mean)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     steps = len(data.train_loader)
     total, warmup = steps * cfg.epochs, round(cfg.warmup_epochs * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
+        optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule)
+    )
     history, start, wall_before = [], 1, 0.0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -512,23 +637,30 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
     net = torch.compile(model) if cfg.compile else model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     # 2. The run folder: all ranks have checked it; only rank 0 writes.
     if world > 1:
         dist.barrier()
     if rank == 0:
         if ckpt is None:
-            runs.replace_run_dir(run_dir, lambda d: runs.atomic_write_json(
-                d / runs.CONFIG, {**dataclasses.asdict(cfg), "ipskit_version": __version__}))
+            runs.replace_run_dir(
+                run_dir,
+                lambda d: runs.atomic_write_json(
+                    d / runs.CONFIG, {**dataclasses.asdict(cfg), "ipskit_version": __version__}
+                ),
+            )
         runs.atomic_write_json(run_dir / runs.ENV, _env_info(device, world))
         runs.atomic_write_jsonl(run_dir / runs.METRICS, history)
         (run_dir / runs.SUMMARY).unlink(missing_ok=True)
     if verbose:
         what = f"resuming at epoch {start}" if ckpt is not None else "training"
-        print(f"{what} {cfg.method} on {cfg.dataset} ({len(data.train_labels)} images, "
-              f"{bundle.image_size}px) with {cfg.model} on {device}"
-              f"{f' x{world}' if world > 1 else ''} -> {run_dir}")
+        print(
+            f"{what} {cfg.method} on {cfg.dataset} ({len(data.train_labels)} images, "
+            f"{bundle.image_size}px) with {cfg.model} on {device}"
+            f"{f' x{world}' if world > 1 else ''} -> {run_dir}"
+        )
 
     # 3. Epochs. Randomness per epoch is a function of (seed, epoch, rank) only.
     gen = torch.Generator(device=device)
@@ -540,21 +672,43 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
                 s.set_epoch(epoch)
             gen.manual_seed(derive_seed(cfg.seed, epoch, rank, 0))
             torch.manual_seed(derive_seed(cfg.seed, epoch, rank, 3))
-            row = train_one_epoch(net, method, data.train_loader, optimizer, scheduler, gen,
-                                  epoch, device, amp=amp, channels_last=channels_last,
-                                  progress=progress, desc=f"{cfg.method} {epoch}/{cfg.epochs}")
-            row.update(evaluate_epoch(model, data.test_loader, device, amp=amp,
-                                      channels_last=channels_last))
+            row = train_one_epoch(
+                net,
+                method,
+                data.train_loader,
+                optimizer,
+                scheduler,
+                gen,
+                epoch,
+                device,
+                amp=amp,
+                channels_last=channels_last,
+                progress=progress,
+                desc=f"{cfg.method} {epoch}/{cfg.epochs}",
+            )
+            row.update(
+                evaluate_epoch(
+                    model, data.test_loader, device, amp=amp, channels_last=channels_last
+                )
+            )
             row = {"epoch": epoch, **row, "epoch_time_s": time.perf_counter() - t0}
             history.append(row)
             if rank == 0:
-                runs.atomic_torch_save({
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch,
-                    "rng": {"torch": torch.get_rng_state()}, "model_info": info,
-                    "config": dataclasses.asdict(cfg), "history": history,
-                    "wall_time_s": wall_before + time.perf_counter() - wall,
-                    "ipskit_version": __version__}, run_dir / runs.CHECKPOINT)
+                runs.atomic_torch_save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "rng": {"torch": torch.get_rng_state()},
+                        "model_info": info,
+                        "config": dataclasses.asdict(cfg),
+                        "history": history,
+                        "wall_time_s": wall_before + time.perf_counter() - wall,
+                        "ipskit_version": __version__,
+                    },
+                    run_dir / runs.CHECKPOINT,
+                )
                 runs.atomic_write_jsonl(run_dir / runs.METRICS, history)
             if verbose:
                 tqdm.write(_log_line(cfg, row))
@@ -562,12 +716,20 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
                 on_epoch(cfg, row)
     except FloatingPointError as e:
         if rank == 0:
-            runs.atomic_write_json(run_dir / runs.SUMMARY, {"status": "failed", "error": str(e),
-                                                           "method": cfg.method})
+            runs.atomic_write_json(
+                run_dir / runs.SUMMARY, {"status": "failed", "error": str(e), "method": cfg.method}
+            )
         raise
-    summary = {**(history[-1] if history else {}), "method": cfg.method, "model": cfg.model,
-               "dataset": cfg.dataset, "seed": cfg.seed, "epochs": cfg.epochs,
-               "wall_time_s": wall_before + time.perf_counter() - wall, "status": "finished"}
+    summary = {
+        **(history[-1] if history else {}),
+        "method": cfg.method,
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "wall_time_s": wall_before + time.perf_counter() - wall,
+        "status": "finished",
+    }
     if rank == 0:
         runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
     return {**summary, "run_dir": str(run_dir)}

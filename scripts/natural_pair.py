@@ -20,6 +20,7 @@ Usage (``make natural-pair`` runs the first line)::
     python scripts/natural_pair.py --dataset cifar10                 # torchvision's CIFAR-10
     python scripts/natural_pair.py --device cuda --model resnet20
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,11 @@ def sample_indices(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="imagefolder:data/cifar10",
-                   help="CIFAR-10 as an image folder (default) or 'cifar10' (torchvision)")
+    p.add_argument(
+        "--dataset",
+        default="imagefolder:data/cifar10",
+        help="CIFAR-10 as an image folder (default) or 'cifar10' (torchvision)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--model", default=None, help="default: resnet20 on a GPU, resnet8 on a CPU")
     p.add_argument("--work", default="runs/natural", help="where the full runs are trained")
@@ -64,8 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     dest = Path(ns.out) / f"cifar10-{model}-{device.type}"
     run_dirs = []
     for method in METHODS:  # 1. train (or reuse) and 2. evaluate
-        cfg = TrainConfig(dataset=ns.dataset, model=model, method=method, device=ns.device,
-                          channels_last=True, out_dir=ns.work, name=method, **RECIPE)
+        cfg = TrainConfig(
+            dataset=ns.dataset,
+            model=model,
+            method=method,
+            device=ns.device,
+            channels_last=True,
+            out_dir=ns.work,
+            name=method,
+            **RECIPE,
+        )
         run_dir = fit_or_reuse(cfg)
         evaluate_run(run_dir, max_samples=2000, device=ns.device, progress=True)
         run_dirs.append(run_dir)
@@ -75,14 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         runs.export_run(run_dir, dest / method)
     bundle = load_dataset(ns.dataset, download=False)
     pick = sample_indices(bundle.test_targets, PER_CLASS)
-    runs.write_test_sample(dest / runs.TEST_SAMPLE, bundle.test_x[pick], bundle.test_y[pick],
-                           bundle.classes)
+    runs.write_test_sample(
+        dest / runs.TEST_SAMPLE, bundle.test_x[pick], bundle.test_y[pick], bundle.classes
+    )
     print(f"exported to {dest}:")
     for method in METHODS:
         s = runs.read_json(dest / method / runs.SUMMARY)
-        print(f"  {method:4s} top-1 {100 * s['test_acc']:.2f}%  ECE {s['ece']:.3f}  "
-              f"mean max-prob {s['mean_max_prob']:.3f}  ({s['epochs']} epochs, "
-              f"{s['wall_time_s'] / 60:.0f} min)")
+        print(
+            f"  {method:4s} top-1 {100 * s['test_acc']:.2f}%  ECE {s['ece']:.3f}  "
+            f"mean max-prob {s['mean_max_prob']:.3f}  ({s['epochs']} epochs, "
+            f"{s['wall_time_s'] / 60:.0f} min)"
+        )
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
     print(f"  {size / 1e6:.2f} MB in all")
     return 0

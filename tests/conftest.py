@@ -9,8 +9,8 @@
 Plain helper functions shared by several files stay in ``train_helpers.py`` (tiny settings,
 the dataset cache) and ``_app_runs.py`` (a folder of tiny trained runs for the app tests).
 """
-import pytest
 
+import pytest
 from train_helpers import cache_datasets
 
 

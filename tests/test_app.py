@@ -7,6 +7,7 @@ same seed, the teacher from the run's model, the accuracy the trainer recorded).
 (corrupt or foreign checkpoints, non-image uploads, paths outside the runs folder) must give
 an ``st.error`` line, never an exception. An empty runs folder must offer the demo training.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _app_runs import tiny_runs
 
 pytest.importorskip("streamlit")
@@ -44,8 +44,9 @@ def app(runs_root, monkeypatch):
     monkeypatch.setenv("IPSKIT_RUNS", str(runs_root))
     monkeypatch.setenv("IPSKIT_RESULTS", "")  # the shipped runs have tests of their own
 
-    def open_(page: str | None = None, root: Path | None = None,
-              results: Path | None = None) -> AppTest:
+    def open_(
+        page: str | None = None, root: Path | None = None, results: Path | None = None
+    ) -> AppTest:
         if root is not None:
             monkeypatch.setenv("IPSKIT_RUNS", str(root))
         if results is not None:
@@ -67,8 +68,12 @@ def assert_clean(at: AppTest, title: str) -> None:
 
 
 def texts(at: AppTest) -> str:
-    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption]
-                     + [i.value for i in at.info] + [w.value for w in at.warning])
+    return "\n".join(
+        [m.value for m in at.markdown]
+        + [c.value for c in at.caption]
+        + [i.value for i in at.info]
+        + [w.value for w in at.warning]
+    )
 
 
 # ----------------------------------------------------------------------------- every page
@@ -183,10 +188,20 @@ def test_swap_playground_most_lopsided_pair(app, runs_root):
     model, _ = load_model(runs_root / "demo" / "ips")
     b = load_dataset("digits")
     x = b.test_x[b.test_y == 2].float() / 255
-    found = most_lopsided_pair(model, x, 2, 4, 1.0, generator=torch.Generator().manual_seed(5), n_pairs=64,
-                               swapped_only=True)
-    assert (at.number_input(key="swap_ia").value, at.number_input(key="swap_ib").value) == \
-        (found.index_a, found.index_b)
+    found = most_lopsided_pair(
+        model,
+        x,
+        2,
+        4,
+        1.0,
+        generator=torch.Generator().manual_seed(5),
+        n_pairs=64,
+        swapped_only=True,
+    )
+    assert (at.number_input(key="swap_ia").value, at.number_input(key="swap_ib").value) == (
+        found.index_a,
+        found.index_b,
+    )
     expected = ", ".join(f"({r},{c})" for r, c in found.decision.cells[0].nonzero().tolist())
     assert swapped_cells_caption(at) == f"swapped cells (row, col): {expected}"
     assert "most lopsided of 64 random pairs" in texts(at)
@@ -225,14 +240,19 @@ def pngs(monkeypatch):
     return got
 
 
-@pytest.mark.parametrize("page, names", [
-    ("pages/1_Swap_playground.py", {"swap_pair", "swap_probabilities"}),
-    ("pages/2_Logit_smoothing.py", {"confidence_histogram", "entropy_histogram", "reliability",
-                                    "similarity"}),
-    ("pages/3_Grad-CAM.py", {"gradcam_test_images", "gradcam_swapped_pair"}),
-    ("pages/4_Ablation.py", {"ablation"}),
-    ("pages/5_Runs.py", {"curves"}),
-])
+@pytest.mark.parametrize(
+    "page, names",
+    [
+        ("pages/1_Swap_playground.py", {"swap_pair", "swap_probabilities"}),
+        (
+            "pages/2_Logit_smoothing.py",
+            {"confidence_histogram", "entropy_histogram", "reliability", "similarity"},
+        ),
+        ("pages/3_Grad-CAM.py", {"gradcam_test_images", "gradcam_swapped_pair"}),
+        ("pages/4_Ablation.py", {"ablation"}),
+        ("pages/5_Runs.py", {"curves"}),
+    ],
+)
 def test_every_figure_has_a_png_download(app, pngs, page, names):
     at = app(page)
     assert_clean(at, PAGES[page])
@@ -272,8 +292,9 @@ def png_bytes(size=(40, 30), mode="RGB") -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), np.uint8)
-                    ).convert(mode).save(buf, format="PNG")
+    Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), np.uint8)
+    ).convert(mode).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -303,10 +324,13 @@ def test_gradcam_two_runs_layers_pairs_and_uploads(app):
     assert len(at.image[-1].captions) == 1 and at.image[-1].captions[0].startswith("pred ")
 
 
-@pytest.mark.parametrize("name, data, message", [
-    ("notes.png", b"this is not an image at all", "not an image"),
-    ("huge.png", b"\0" * (6 * 1024 * 1024), "limit is 5 MB"),
-])
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("notes.png", b"this is not an image at all", "not an image"),
+        ("huge.png", b"\0" * (6 * 1024 * 1024), "limit is 5 MB"),
+    ],
+)
 def test_gradcam_bad_uploads_give_one_error_line(app, name, data, message):
     at = app("pages/3_Grad-CAM.py")
     at.file_uploader(key="cam_upload").set_value((name, data, "image/png")).run()
@@ -335,12 +359,16 @@ def test_ablation_takes_its_baseline_from_the_sibling_ce_table(app, runs_root):
     base = runs_root / "sweep-ce" / "results.csv"  # what notebook 4 writes next to its sweep
     base.parent.mkdir()
     try:
-        base.write_text(f"method,seed,test_acc,ece,run_dir\nce,0,0.25,0.1,{runs_root / 'demo' / 'ce'}\n"
-                        f"ce,1,0.75,0.2,{runs_root / 'demo' / 'ce'}\n")
+        base.write_text(
+            f"method,seed,test_acc,ece,run_dir\nce,0,0.25,0.1,{runs_root / 'demo' / 'ce'}\n"
+            f"ce,1,0.75,0.2,{runs_root / 'demo' / 'ce'}\n"
+        )
         at = app("pages/4_Ablation.py")
         assert_clean(at, "Ablation")
         assert at.selectbox(key="abl_base").value == base  # picked by default
-        assert "Baseline ce: test accuracy 0.5000 (mean of 2 run(s))." in texts(at).replace("**", "")
+        assert "Baseline ce: test accuracy 0.5000 (mean of 2 run(s))." in texts(at).replace(
+            "**", ""
+        )
         at.selectbox(key="abl_base").select_index(0).run()  # "none"
         assert_clean(at, "Ablation")
         assert "Baseline ce" not in texts(at).replace("**", "")
@@ -368,15 +396,25 @@ def test_ablation_offers_a_small_sweep_with_its_command_and_trains_it(app, runs_
     assert_clean(at, "Ablation")
     # two commands, a blank line apart; "\\" + newline continues a line, as in bash
     commands = [shlex.split(c.replace("\\\n", " ")) for c in at.code[0].value.split("\n\n")]
-    assert [c[:4] for c in commands] == [["ipskit", "sweep", "--name", "grid-pr"],
-                                         ["ipskit", "sweep", "--name", "grid-pr-ce"]]
+    assert [c[:4] for c in commands] == [
+        ["ipskit", "sweep", "--name", "grid-pr"],
+        ["ipskit", "sweep", "--name", "grid-pr-ce"],
+    ]
     ns = build_parser().parse_args(commands[0][1:])  # the command the CLI takes
-    assert (ns.grid, ns.pr, ns.seed, ns.epochs, ns.model, ns.method) == \
-        ([2], [0.5, 1.0], [0], [1], ["smallcnn"], ["ips"])
+    assert (ns.grid, ns.pr, ns.seed, ns.epochs, ns.model, ns.method) == (
+        [2],
+        [0.5, 1.0],
+        [0],
+        [1],
+        ["smallcnn"],
+        ["ips"],
+    )
     assert "3 runs of 1 epoch(s)" in texts(at)
     at.button(key="abl_train_sweep").click().run(timeout=300)
     assert_clean(at, "Ablation")
-    assert (root / "grid-pr" / "results.csv").is_file() and (root / "grid-pr-ce" / "results.csv").is_file()
+    assert (root / "grid-pr" / "results.csv").is_file() and (
+        root / "grid-pr-ce" / "results.csv"
+    ).is_file()
     assert len(at.get("vega_lite_chart")) == 1
     assert at.selectbox(key="abl_base").value == root / "grid-pr-ce" / "results.csv"
     assert "Baseline ce" in texts(at).replace("**", "")
@@ -431,7 +469,9 @@ def test_runs_page_computes_the_missing_evaluation_and_shows_it(app, runs_root, 
     assert table["ece"].iloc[0] == pytest.approx(stored["calibration"]["result"]["test"]["ece"])
 
 
-def test_runs_page_evaluates_a_run_without_eval_json_and_names_the_corruption_count(app, runs_root, tmp_path):
+def test_runs_page_evaluates_a_run_without_eval_json_and_names_the_corruption_count(
+    app, runs_root, tmp_path
+):
     """A run fresh from training (as after ``make demo``): the Evaluation tab offers every kind,
     the help counts ipskit's corruptions, and the default choice is computed with a bar."""
     import json
@@ -451,7 +491,10 @@ def test_runs_page_evaluates_a_run_without_eval_json_and_names_the_corruption_co
     at.multiselect(key="runs_eval_kinds").set_value(["calibration", "fgsm"]).run()
     at.button(key="runs_eval").click().run()
     assert_clean(at, "Runs")
-    assert sorted(json.loads((root / "demo" / "ips" / "eval.json").read_text())) == ["calibration", "fgsm"]
+    assert sorted(json.loads((root / "demo" / "ips" / "eval.json").read_text())) == [
+        "calibration",
+        "fgsm",
+    ]
 
 
 def test_runs_page_does_not_offer_to_evaluate_shipped_or_weightless_runs(app, tmp_path):
@@ -505,7 +548,10 @@ def test_bad_checkpoints_give_an_error_line_on_every_page_that_loads_them(app, b
     at.switch_page("pages/2_Logit_smoothing.py").run()
     at.multiselect(key="smooth_runs").set_value(["good", *BAD]).run()
     assert not at.exception
-    assert sorted(e.value.split(":")[0] for e in at.error) == ["Skipping corrupt", "Skipping foreign"]
+    assert sorted(e.value.split(":")[0] for e in at.error) == [
+        "Skipping corrupt",
+        "Skipping foreign",
+    ]
     assert [m in e.value for e, m in zip(at.error, BAD.values())] == [True, True]
     assert list(at.dataframe[0].value["run"]) == ["good"]  # the good run still shows
 
@@ -523,8 +569,11 @@ def test_no_runs_offers_the_demo_and_trains_it_with_a_progress_bar(app, tmp_path
         assert not at.exception and not at.error, page
         assert "No runs found" in texts(at) and at.button(key="train_demo"), page
     # the real demo, made tiny: same code path, one epoch on a slice of digits
-    monkeypatch.setattr(sweep, "DEMO_SETTINGS", dict(sweep.DEMO_SETTINGS, epochs=1,
-                                                     model="smallcnn", max_train_samples=64))
+    monkeypatch.setattr(
+        sweep,
+        "DEMO_SETTINGS",
+        dict(sweep.DEMO_SETTINGS, epochs=1, model="smallcnn", max_train_samples=64),
+    )
     at.switch_page("Home.py").run()
     at.button(key="train_demo").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -583,8 +632,10 @@ def test_a_broken_run_is_listed_as_broken_and_the_others_still_work(app, runs_ro
     at.selectbox(key="runs_pick").set_value("broken").run()
     assert not at.exception
     assert len(at.error) == 1 and "config.json holds a JSON list" in at.error[0].value
-    for page, title in (("pages/1_Swap_playground.py", "Swap playground"),
-                        ("pages/2_Logit_smoothing.py", "Logit smoothing"),
-                        ("pages/3_Grad-CAM.py", "Grad-CAM")):
+    for page, title in (
+        ("pages/1_Swap_playground.py", "Swap playground"),
+        ("pages/2_Logit_smoothing.py", "Logit smoothing"),
+        ("pages/3_Grad-CAM.py", "Grad-CAM"),
+    ):
         at.switch_page(page).run()
         assert not at.exception and not at.error, (title, [e.value for e in at.error])

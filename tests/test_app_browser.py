@@ -21,6 +21,7 @@ page on them (``demo-*.png``); a third shoots every page on the CE / IPS pair sh
 Without Chromium the test is skipped, unless ``IPSKIT_REQUIRE_BROWSER=1`` (CI) makes that a
 failure. Install it with ``make browser`` (Debian's ``chromium`` package).
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,7 +38,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from _app_runs import tiny_runs
 
 pytestmark = pytest.mark.browser
@@ -54,9 +54,17 @@ PAGES = {
     "Ablation": ("Ablation", "Runs behind a cell"),
     "Runs": ("Runs", "Curves"),
 }
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", f"--window-size={WIDTH},{HEIGHT}"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    f"--window-size={WIDTH},{HEIGHT}",
+]
 PAGE_TIMEOUT = 120  # s; a cold page imports torch and trains nothing, but CI machines are slow
 STATE_JS = """(() => {
   const app = document.querySelector('[data-test-script-state]');
@@ -84,8 +92,10 @@ def find_chromium() -> str | None:
 def chromium() -> str:
     path = find_chromium()
     if path is None:
-        reason = ("chromium not found: the browser test needs headless Chromium (`make browser`, "
-                  "or apt-get install chromium)")
+        reason = (
+            "chromium not found: the browser test needs headless Chromium (`make browser`, "
+            "or apt-get install chromium)"
+        )
         if os.environ.get("IPSKIT_REQUIRE_BROWSER") == "1":
             pytest.fail(reason + "; IPSKIT_REQUIRE_BROWSER=1 makes this a failure")
         pytest.skip(reason)
@@ -104,14 +114,34 @@ def streamlit_server(root: Path, log: Path, results: Path | None = None, cwd: Pa
     the shipped runs from ``results``; none by default), started in ``cwd``; yields its base
     URL once ``/_stcore/health`` answers."""
     port = free_port()
-    env = {**os.environ, "IPSKIT_RUNS": str(root), "IPSKIT_RESULTS": str(results or ""),
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    env = {
+        **os.environ,
+        "IPSKIT_RUNS": str(root),
+        "IPSKIT_RESULTS": str(results or ""),
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+    }
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "Home.py"),
-             "--server.headless", "true", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
-            cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                str(REPO / "app" / "Home.py"),
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                "--server.fileWatcherType",
+                "none",
+            ],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -153,9 +183,16 @@ class Browser:
 
         self.profile = tempfile.mkdtemp(prefix="ipskit-chromium-")
         self.proc = subprocess.Popen(
-            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
-             "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                binary,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={self.profile}",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         port_file = Path(self.profile) / "DevToolsActivePort"
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -168,7 +205,8 @@ class Browser:
             page = next(t for t in json.load(r) if t["type"] == "page")
         self.stack = contextlib.ExitStack()
         self.ws = self.stack.enter_context(
-            connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10))
+            connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
+        )
         self.next_id = 0
 
     def call(self, method: str, **params) -> dict:
@@ -182,7 +220,9 @@ class Browser:
                 return msg["result"]
 
     def state(self) -> dict:
-        return self.call("Runtime.evaluate", expression=STATE_JS, returnByValue=True)["result"]["value"]
+        return self.call("Runtime.evaluate", expression=STATE_JS, returnByValue=True)["result"][
+            "value"
+        ]
 
     def load(self, url: str, title: str, timeout: float = PAGE_TIMEOUT) -> dict:
         """Open ``url`` and wait until Streamlit has finished the page and its images loaded."""
@@ -190,21 +230,27 @@ class Browser:
         deadline, s = time.monotonic() + timeout, {}
         while time.monotonic() < deadline:
             s = self.state()
-            if (s["state"] == "notRunning" and s["h1"] == title and not s["busy"]
-                    and s["images"]):
+            if s["state"] == "notRunning" and s["h1"] == title and not s["busy"] and s["images"]:
                 time.sleep(0.5)  # charts and data grids draw just after the script ends
                 return self.state()
             time.sleep(0.25)
-        raise AssertionError(f"{url} did not finish rendering in {timeout} s: {s.get('state')}, "
-                             f"title {s.get('h1')!r}, text {s.get('text', '')[:300]!r}")
+        raise AssertionError(
+            f"{url} did not finish rendering in {timeout} s: {s.get('state')}, "
+            f"title {s.get('h1')!r}, text {s.get('text', '')[:300]!r}"
+        )
 
     def screenshot(self, path: Path, height: int) -> None:
         """The whole page at the window's width: the viewport is stretched to the content's
         height first."""
         h = int(min(height + 40, 8000))
         if h > HEIGHT:
-            self.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=h,
-                      deviceScaleFactor=1, mobile=False)
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                width=WIDTH,
+                height=h,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             time.sleep(0.8)  # let Streamlit re-lay out the charts for the new size
         shot = self.call("Page.captureScreenshot", format="png")
         path.write_bytes(base64.b64decode(shot["data"]))
@@ -213,9 +259,13 @@ class Browser:
 
     def click_button(self, label: str, then: str, timeout: float = PAGE_TIMEOUT) -> dict:
         """Click the button labelled ``label`` and wait until the page shows ``then``."""
-        self.call("Runtime.evaluate", expression=(
-            "Array.from(document.querySelectorAll('button'))"
-            f".find(b => b.innerText.trim() === {json.dumps(label)}).click()"))
+        self.call(
+            "Runtime.evaluate",
+            expression=(
+                "Array.from(document.querySelectorAll('button'))"
+                f".find(b => b.innerText.trim() === {json.dumps(label)}).click()"
+            ),
+        )
         deadline, s = time.monotonic() + timeout, {}
         while time.monotonic() < deadline:
             s = self.state()
@@ -223,13 +273,19 @@ class Browser:
                 time.sleep(0.5)
                 return self.state()
             time.sleep(0.25)
-        raise AssertionError(f"{label!r} did not lead to {then!r} in {timeout} s: {s.get('text', '')[:300]!r}")
+        raise AssertionError(
+            f"{label!r} did not lead to {then!r} in {timeout} s: {s.get('text', '')[:300]!r}"
+        )
 
     def click_tab(self, label: str) -> dict:
         """Open the tab named ``label`` and return the page state once it settled."""
-        self.call("Runtime.evaluate", expression=(
-            "Array.from(document.querySelectorAll('[role=\"tab\"]'))"
-            f".find(t => t.innerText.trim() === {json.dumps(label)}).click()"))
+        self.call(
+            "Runtime.evaluate",
+            expression=(
+                "Array.from(document.querySelectorAll('[role=\"tab\"]'))"
+                f".find(t => t.innerText.trim() === {json.dumps(label)}).click()"
+            ),
+        )
         time.sleep(1.0)
         return self.state()
 
@@ -252,10 +308,18 @@ def browser(chromium):
     b.close()
 
 
-FIGURES = {"Swap_playground", "Logit_smoothing", "Grad-CAM", "Ablation", "Runs"}  # pages with a figure
+FIGURES = {
+    "Swap_playground",
+    "Logit_smoothing",
+    "Grad-CAM",
+    "Ablation",
+    "Runs",
+}  # pages with a figure
 # tabs shot on their own: page -> (tab, text it must show)
-TABS = {"Grad-CAM": [("Swapped pair", "teacher"), ("Your image", "5MB per file")],
-        "Runs": [("Evaluation", "")]}
+TABS = {
+    "Grad-CAM": [("Swapped pair", "teacher"), ("Your image", "5MB per file")],
+    "Runs": [("Evaluation", "")],
+}
 
 
 def shoot_every_page(browser, url: str, prefix: str, pages: dict = PAGES) -> list[str]:
@@ -274,7 +338,9 @@ def shoot_every_page(browser, url: str, prefix: str, pages: dict = PAGES) -> lis
             "no Traceback": "Traceback" not in text,
             "no Error": "Error" not in text,
             "no error box": s["errors"] == 0,
-            "Download PNG": path not in FIGURES or "Download PNG" in text or "No sweep table" in text,
+            "Download PNG": path not in FIGURES
+            or "Download PNG" in text
+            or "No sweep table" in text,
         }
         for tab, tab_marker in TABS.get(path, []):
             t = browser.click_tab(tab)
@@ -306,18 +372,26 @@ def test_no_runs_the_demo_button_trains_with_a_live_progress_bar(tmp_path, brows
     with streamlit_server(root, tmp_path / "server.log") as url:
         s = browser.load(url, "IPS explorer")
         assert "No runs found" in s["text"] and s["errors"] == 0
-        browser.call("Runtime.evaluate", expression=(
-            "Array.from(document.querySelectorAll('button'))"
-            ".find(b => b.innerText.includes('Train the demo runs')).click()"))
+        browser.call(
+            "Runtime.evaluate",
+            expression=(
+                "Array.from(document.querySelectorAll('button'))"
+                ".find(b => b.innerText.includes('Train the demo runs')).click()"
+            ),
+        )
         values, deadline = [], time.monotonic() + 600
         while time.monotonic() < deadline:
-            p = browser.call("Runtime.evaluate", expression=PROGRESS_JS, returnByValue=True)["result"].get("value")
+            p = browser.call("Runtime.evaluate", expression=PROGRESS_JS, returnByValue=True)[
+                "result"
+            ].get("value")
             if p is None and values:
                 break  # the bar is gone: training finished and the page re-ran
             if p is not None:
                 # "Starting…", "Training the demo runs: epoch k of n", then "Trained n epochs"
-                assert any(t in p["text"] for t in ("Starting", "Training the demo runs: epoch",
-                                                     "Trained ")), p
+                assert any(
+                    t in p["text"]
+                    for t in ("Starting", "Training the demo runs: epoch", "Trained ")
+                ), p
                 if p["value"] is not None:
                     values.append(p["value"])
                 if len(values) == 3:
@@ -327,7 +401,9 @@ def test_no_runs_the_demo_button_trains_with_a_live_progress_bar(tmp_path, brows
         assert values == sorted(values), f"the bar went backwards: {values}"
         s = browser.load(url, "IPS explorer")
         browser.screenshot(SHOTS / "Home-after-demo.png", s["height"])
-        assert "No runs found" not in s["text"] and "2 run(s) under" in s["text"] and s["errors"] == 0
+        assert (
+            "No runs found" not in s["text"] and "2 run(s) under" in s["text"] and s["errors"] == 0
+        )
         assert (root / "demo" / "ce" / "summary.json").is_file()
         assert (root / "demo" / "ips" / "summary.json").is_file()
         # every page on the real demo runs (no sweep yet: the Ablation page offers one)
@@ -350,8 +426,9 @@ def test_fresh_clone_shows_the_shipped_natural_image_pair(tmp_path, browser):
     """No runs of one's own, no dataset, no network: the pages show the CE / IPS pair shipped
     in results/ on its CIFAR-10 test sample (what ``make app`` shows on a fresh clone)."""
     # started outside the checkout, so that relative dataset paths (data/cifar10) are missing
-    with streamlit_server(tmp_path / "runs", tmp_path / "server.log", results=REPO / "results",
-                          cwd=tmp_path) as url:
+    with streamlit_server(
+        tmp_path / "runs", tmp_path / "server.log", results=REPO / "results", cwd=tmp_path
+    ) as url:
         problems = shoot_every_page(browser, url, "shipped-", SHIPPED_PAGES)
         s = browser.load(f"{url}/Swap_playground", "Swap playground")
         if "airplane" not in s["text"]:

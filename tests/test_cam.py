@@ -30,7 +30,12 @@ class TinyCNN(torch.nn.Module):
 def _all_hooks(model):
     n = 0
     for m in model.modules():
-        n += len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(m._backward_pre_hooks)
+        n += (
+            len(m._forward_hooks)
+            + len(m._forward_pre_hooks)
+            + len(m._backward_hooks)
+            + len(m._backward_pre_hooks)
+        )
     return n
 
 
@@ -81,13 +86,18 @@ def test_100_calls_leak_no_hooks_and_no_memory(model):
     for _ in range(3):  # warm-up: lazy imports, caches
         gradcam(model, x)
     gc.collect()
-    objects, tensors = len(gc.get_objects()), sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects())
+    objects, tensors = (
+        len(gc.get_objects()),
+        sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects()),
+    )
     for _ in range(100):
         gradcam(model, x)
     gc.collect()
     assert _all_hooks(model) == 0
     assert sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects()) <= tensors + 5
-    assert len(gc.get_objects()) <= objects + 500  # a leak of one object per call would be 100+/call
+    assert (
+        len(gc.get_objects()) <= objects + 500
+    )  # a leak of one object per call would be 100+/call
 
 
 def test_errors_release_hooks(model):
@@ -136,7 +146,9 @@ def test_cam_mass_in_mask_references():
     decision = draw_swap(6, grid=4, pr=1.0, generator=torch.Generator().manual_seed(0))
     mask = pixel_mask(decision, 16, 16)  # [6, 1, 16, 16]
     area = mask.float().mean(dim=(1, 2, 3))
-    assert torch.allclose(cam_mass_in_mask(torch.ones(6, 16, 16), mask), area)  # flat map: share = area
+    assert torch.allclose(
+        cam_mass_in_mask(torch.ones(6, 16, 16), mask), area
+    )  # flat map: share = area
     assert torch.allclose(cam_mass_in_mask(mask[:, 0].float(), mask), torch.ones(6))
     assert torch.allclose(cam_mass_in_mask((~mask[:, 0]).float(), mask), torch.zeros(6))
     cam = torch.rand(6, 16, 16)

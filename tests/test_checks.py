@@ -1,4 +1,5 @@
 """Tests for ipskit.checks: the shared input checks and the one error type for bad input."""
+
 import math
 
 import numpy as np

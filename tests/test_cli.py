@@ -1,4 +1,5 @@
 """Tests for the ipskit command line: train end to end, one-line errors, dispatch."""
+
 import json
 import os
 import pickle
@@ -11,12 +12,24 @@ import numpy as np
 import pytest
 import torchvision
 
-import ipskit
 from ipskit.cli import build_parser, config_from_args, main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model", "smallcnn", "--image-size", "8", "--epochs", "1", "--batch-size", "32",
-        "--max-train-samples", "200", "--grid", "2", "--no-progress"]
+TINY = [
+    "--model",
+    "smallcnn",
+    "--image-size",
+    "8",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--max-train-samples",
+    "200",
+    "--grid",
+    "2",
+    "--no-progress",
+]
 
 
 pytestmark = pytest.mark.usefixtures("cached_datasets")
@@ -24,9 +37,25 @@ pytestmark = pytest.mark.usefixtures("cached_datasets")
 
 def test_train_end_to_end_as_a_module(tmp_path):
     """``python -m ipskit train`` in a fresh process: exit 0, a complete run folder."""
-    r = subprocess.run([sys.executable, "-m", "ipskit", "train", "--method", "ips", *TINY,
-                        "--out-dir", str(tmp_path), "--name", "cli"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ipskit",
+            "train",
+            "--method",
+            "ips",
+            *TINY,
+            "--out-dir",
+            str(tmp_path),
+            "--name",
+            "cli",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "epoch   1/1" in r.stdout and "done: test accuracy" in r.stdout
     run = tmp_path / "cli"
@@ -41,10 +70,14 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
         (["train", "--method", "nope"], "error: argument --method: invalid choice: 'nope'"),
         (["train", "--epochs", "many"], "error: argument --epochs: invalid int value"),
         (["train", "--pr", "2"], "error: pr must be in [0, 1], got 2.0"),
-        (["train", *TINY, "--dataset", "imagefolder:/no/such", "--out-dir", str(tmp_path)],
-         "error: imagefolder path '/no/such' is not a directory"),
-        (["train", *TINY, "--image-size", "16", "--grid", "32", "--out-dir", str(tmp_path)],
-         "error: grid 32 cannot split 16x16 images"),
+        (
+            ["train", *TINY, "--dataset", "imagefolder:/no/such", "--out-dir", str(tmp_path)],
+            "error: imagefolder path '/no/such' is not a directory",
+        ),
+        (
+            ["train", *TINY, "--image-size", "16", "--grid", "32", "--out-dir", str(tmp_path)],
+            "error: grid 32 cannot split 16x16 images",
+        ),
         (["frobnicate"], "error: argument COMMAND: invalid choice"),
     ]
     for argv, start in cases:
@@ -71,17 +104,47 @@ def test_existing_run_then_resume_and_overwrite(tmp_path, capsys):
 def test_every_config_field_is_a_flag_with_help():
     parser = build_parser()
     text = " ".join(parser._subparsers._group_actions[0].choices["train"].format_help().split())
-    for flag in ("--grid", "--patch-size", "--pr", "--temperature", "--kd-direction",
-                 "--no-detach-target", "--t2-scale", "--label-noise", "--fast-path",
-                 "--channels-last", "--amp", "--compile", "--max-train-samples", "--resume",
-                 "--overwrite", "--cskd-lambda", "--mix-alpha", "--cutout-size"):
+    for flag in (
+        "--grid",
+        "--patch-size",
+        "--pr",
+        "--temperature",
+        "--kd-direction",
+        "--no-detach-target",
+        "--t2-scale",
+        "--label-noise",
+        "--fast-path",
+        "--channels-last",
+        "--amp",
+        "--compile",
+        "--max-train-samples",
+        "--resume",
+        "--overwrite",
+        "--cskd-lambda",
+        "--mix-alpha",
+        "--cutout-size",
+    ):
         assert flag in text, flag
     assert "0.5 is the paper's best value" in text
-    ns = parser.parse_args(["train", "--no-detach-target", "--patch-size", "none", "--pr",
-                            "0.25", "--kd-direction", "confident"])
+    ns = parser.parse_args(
+        [
+            "train",
+            "--no-detach-target",
+            "--patch-size",
+            "none",
+            "--pr",
+            "0.25",
+            "--kd-direction",
+            "confident",
+        ]
+    )
     cfg = config_from_args(ns)
     assert (cfg.detach_target, cfg.patch_size, cfg.pr, cfg.kd_direction) == (
-        False, None, 0.25, "confident")
+        False,
+        None,
+        0.25,
+        "confident",
+    )
     assert cfg.lr == 0.05  # untouched fields keep the dataclass default
 
 
@@ -89,8 +152,12 @@ def test_eval_and_compare_are_subcommands_of_the_one_parser(monkeypatch):
     from ipskit import evaluate
 
     seen = []
-    monkeypatch.setattr(evaluate, "eval_command", lambda ns: seen.append(("eval", ns.run_dirs, ns.what)) or 0)
-    monkeypatch.setattr(evaluate, "compare_command", lambda ns: seen.append(("compare", ns.run_dirs, ns.out)) or 0)
+    monkeypatch.setattr(
+        evaluate, "eval_command", lambda ns: seen.append(("eval", ns.run_dirs, ns.what)) or 0
+    )
+    monkeypatch.setattr(
+        evaluate, "compare_command", lambda ns: seen.append(("compare", ns.run_dirs, ns.out)) or 0
+    )
     assert main(["eval", "runs/a", "--what", "calibration"]) == 0
     assert main(["compare", "runs/a", "runs/b", "--out", "o"]) == 0
     assert seen == [("eval", ["runs/a"], ["calibration"]), ("compare", ["runs/a", "runs/b"], "o")]
@@ -107,9 +174,12 @@ def test_a_bug_keeps_its_traceback_bad_input_gets_one_line(monkeypatch, capsys):
     def raiser(exc):
         def run(ns):
             raise exc
+
         return run
 
-    monkeypatch.setattr(cli, "_demo", raiser(ValueError("mat1 and mat2 shapes cannot be multiplied")))
+    monkeypatch.setattr(
+        cli, "_demo", raiser(ValueError("mat1 and mat2 shapes cannot be multiplied"))
+    )
     with pytest.raises(ValueError, match="shapes cannot be multiplied"):
         main(["demo"])
     monkeypatch.setattr(cli, "_demo", raiser(InputError("epochs must be >= 1, got 0")))
@@ -125,12 +195,24 @@ def test_a_bug_keeps_its_traceback_bad_input_gets_one_line(monkeypatch, capsys):
         main(["demo"])
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["swap-demo", "--pairs", "100000"], "--pairs must be >= 1 and <= 64 (one figure row a pair"),
-    (["swap-demo", "--image-size", "100000"], "--image-size must be >= 4 and <= 1024"),
-    (["train", "--image-size", "100000"], "image_size must be <= 1024 (every image is held in memory"),
-    (["eval", "runs/x", "--device", "foo"], "device 'foo' is not one of: auto, cpu, cuda, cuda:N, mps"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["swap-demo", "--pairs", "100000"],
+            "--pairs must be >= 1 and <= 64 (one figure row a pair",
+        ),
+        (["swap-demo", "--image-size", "100000"], "--image-size must be >= 4 and <= 1024"),
+        (
+            ["train", "--image-size", "100000"],
+            "image_size must be <= 1024 (every image is held in memory",
+        ),
+        (
+            ["eval", "runs/x", "--device", "foo"],
+            "device 'foo' is not one of: auto, cpu, cuda, cuda:N, mps",
+        ),
+    ],
+)
 def test_sizes_and_devices_are_bounded_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
@@ -153,8 +235,10 @@ def test_swap_demo_saves_a_png(tmp_path, capsys):
     assert "error: grid 40 has more cells per side" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name, archive", [("cifar10", "cifar-10-python.tar.gz"),
-                                           ("cifar100", "cifar-100-python.tar.gz")])
+@pytest.mark.parametrize(
+    "name, archive",
+    [("cifar10", "cifar-10-python.tar.gz"), ("cifar100", "cifar-100-python.tar.gz")],
+)
 def test_download_offline_is_one_line_and_status_2(tmp_path, monkeypatch, capsys, name, archive):
     def no_network(url, root, **kwargs):  # where torchvision's CIFAR download meets the network
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
@@ -162,9 +246,11 @@ def test_download_offline_is_one_line_and_status_2(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", no_network)
     assert main(["download", name, "--root", str(tmp_path / "data")]) == 2
     out, err = capsys.readouterr()
-    assert err.startswith(f"error: {name} is missing or corrupted in {tmp_path / 'data'}/ and could not be "
-                          "fetched (URLError: <urlopen error [Errno -3] Temporary failure in name resolution>); "
-                          f"put {archive} (from https://")
+    assert err.startswith(
+        f"error: {name} is missing or corrupted in {tmp_path / 'data'}/ and could not be "
+        "fetched (URLError: <urlopen error [Errno -3] Temporary failure in name resolution>); "
+        f"put {archive} (from https://"
+    )
     assert err.count("\n") == 1 and "Traceback" not in err and out == ""
 
 
@@ -175,17 +261,26 @@ def test_download_says_where_the_data_is_and_what_to_run_next(tmp_path, monkeypa
         rng = np.random.default_rng(0)
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             with open(folder / name, "wb") as f:
-                pickle.dump({"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 0, 1]}, f)
+                pickle.dump(
+                    {
+                        "data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+                        "labels": [0, 1, 0, 1],
+                    },
+                    f,
+                )
         with open(folder / "batches.meta", "wb") as f:
             pickle.dump({"label_names": ["airplane", "automobile"]}, f)
 
     monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", fake_download)
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    monkeypatch.setattr(
+        torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path)
+    )
     root = tmp_path / "data"
     assert main(["download", "cifar10", "--root", str(root)]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"cifar10: 20 training and 4 test images in {root / 'cifar-10-batches-py'}/",
-        f"next: ipskit train --dataset cifar10 --data-root {root} --method ips"]
+        f"next: ipskit train --dataset cifar10 --data-root {root} --method ips",
+    ]
     assert main(["download", "cifar20"]) == 2
     assert "error: argument dataset: invalid choice: 'cifar20'" in capsys.readouterr().err
 
@@ -195,8 +290,19 @@ def test_config_to_argv_rebuilds_the_config():
     from ipskit.cli import config_to_argv
     from ipskit.config import TrainConfig
 
-    for cfg in (TrainConfig(), TrainConfig(method="ips+cutmix", amp=True, channels_last=False,
-                                           image_size=8, name="a/b", t2_scale=True,
-                                           detach_target=False, swap_fraction=0.25, lr=0.3)):
+    for cfg in (
+        TrainConfig(),
+        TrainConfig(
+            method="ips+cutmix",
+            amp=True,
+            channels_last=False,
+            image_size=8,
+            name="a/b",
+            t2_scale=True,
+            detach_target=False,
+            swap_fraction=0.25,
+            lr=0.3,
+        ),
+    ):
         argv = config_to_argv(cfg)
         assert config_from_args(build_parser().parse_args(["train", *argv])) == cfg

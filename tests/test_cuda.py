@@ -8,6 +8,7 @@ devices, so the two results are compared for the same decision. Training on a GP
 bit-exact (cuDNN, bf16), so runs are checked for learning and for what they record, not for
 equality with the CPU.
 """
+
 import copy
 import json
 import math
@@ -16,23 +17,29 @@ import shutil
 import pytest
 import torch
 from torch import nn
+from train_helpers import cache_datasets, tiny
 
 import ipskit.train as T
 from ipskit import IPSLoss, apply_swap, draw_swap, ips_loss, patch_swap, runs
 from ipskit.augment import AugmentSpec, apply_augment, augment_batch, draw_augment
 from ipskit.config import METHOD_NAMES, TrainConfig
 from ipskit.evaluate import evaluate_run
-from ipskit.methods import Cutout, CutMixer, build_method
+from ipskit.methods import CutMixer, Cutout, build_method
 from ipskit.train import fit
-from train_helpers import cache_datasets, tiny
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 CUDA = torch.device("cuda")
 K = 5
-FAST_EVAL = {"max_samples": 120, "epsilons": [0.0, 0.01, 0.1],
-             "corruptions": ["gaussian_noise", "contrast"], "severities": [1, 5]}
+FAST_EVAL = {
+    "max_samples": 120,
+    "epsilons": [0.0, 0.01, 0.1],
+    "corruptions": ["gaussian_noise", "contrast"],
+    "severities": [1, 5],
+}
 
 
 @pytest.fixture(autouse=True)
@@ -76,8 +83,7 @@ def test_patch_swap_with_cpu_and_cuda_generators():
     x_a, x_b = torch.rand(2, 16, 3, 32, 32, generator=_gen(0)).unbind(0)
     # 1. A CPU generator on GPU data: the CPU's draw, applied on the GPU.
     a_cpu, b_cpu, d_cpu = patch_swap(x_a, x_b, grid=4, pr=0.5, generator=_gen(5))
-    a_gpu, b_gpu, d_gpu = patch_swap(x_a.to(CUDA), x_b.to(CUDA), grid=4, pr=0.5,
-                                     generator=_gen(5))
+    a_gpu, b_gpu, d_gpu = patch_swap(x_a.to(CUDA), x_b.to(CUDA), grid=4, pr=0.5, generator=_gen(5))
     _same(d_gpu.cells, d_cpu.cells)
     assert torch.equal(a_gpu.cpu(), a_cpu) and torch.equal(b_gpu.cpu(), b_cpu)
     # 2. A generator on the GPU: drawn there, the CPU's invariants, repeatable from its seed.
@@ -114,10 +120,15 @@ def test_augment_batch_with_a_cuda_generator():
     assert not torch.equal(a, augment_batch(x, spec, _cuda_gen(4)))
 
 
-@pytest.mark.parametrize("make", [lambda: CutMixer("cutmix", K, prob=1.0),
-                                  lambda: CutMixer("mixup", K, prob=1.0),
-                                  lambda: Cutout(4, (0.1, 0.2, 0.3))],
-                         ids=["cutmix", "mixup", "cutout"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: CutMixer("cutmix", K, prob=1.0),
+        lambda: CutMixer("mixup", K, prob=1.0),
+        lambda: Cutout(4, (0.1, 0.2, 0.3)),
+    ],
+    ids=["cutmix", "mixup", "cutout"],
+)
 def test_mixers_on_cuda_equal_cpu(make):
     g = _gen(0)
     x_a, x_b = torch.rand(2, 8, 3, 12, 12, generator=g).unbind(0)
@@ -149,8 +160,9 @@ def test_every_method_step_on_cuda_gives_the_cpu_result(name):
     g = _gen(0)
     y = torch.randint(K, (8,), generator=g).repeat(2)  # anchors, then same-class partners
     x = torch.rand(16, 3, 8, 8, generator=g)
-    method = build_method(TrainConfig(method=name, grid=4, mix_prob=1.0), K, image_size=8,
-                          fill=(0.5, 0.5, 0.5))
+    method = build_method(
+        TrainConfig(method=name, grid=4, mix_prob=1.0), K, image_size=8, fill=(0.5, 0.5, 0.5)
+    )
     torch.manual_seed(0)
     cpu_model = _Recorder()
     gpu_model = copy.deepcopy(cpu_model).to(CUDA)
@@ -165,9 +177,15 @@ def test_every_method_step_on_cuda_gives_the_cpu_result(name):
     _same(gpu_model.fc.weight.grad, cpu_model.fc.weight.grad, atol=1e-5)
 
 
-@pytest.mark.parametrize("settings", [{}, {"kd_direction": "confident"},
-                                      {"detach_target": False, "t2_scale": True},
-                                      {"temperature": 1.0, "alpha": 0.5, "gamma": 2.0}])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"kd_direction": "confident"},
+        {"detach_target": False, "t2_scale": True},
+        {"temperature": 1.0, "alpha": 0.5, "gamma": 2.0},
+    ],
+)
 @pytest.mark.parametrize("soft", [False, True], ids=["class ids", "soft labels"])
 def test_ips_loss_on_cuda_equals_cpu(settings, soft):
     g = _gen(0)
@@ -190,8 +208,16 @@ def test_ips_loss_on_cuda_equals_cpu(settings, soft):
 
 # ----- training on the GPU ---------------------------------------------------------------------
 def test_fit_bf16_channels_last_learns_on_cuda(tmp_path):
-    cfg = TrainConfig(method="ips", model="resnet8", epochs=2, device="cuda", amp=True,
-                      channels_last=True, out_dir=str(tmp_path), seed=0)
+    cfg = TrainConfig(
+        method="ips",
+        model="resnet8",
+        epochs=2,
+        device="cuda",
+        amp=True,
+        channels_last=True,
+        out_dir=str(tmp_path),
+        seed=0,
+    )
     s = fit(cfg, progress=False, verbose=False)
     run_dir = tmp_path / cfg.run_name
     rows = runs.load_run(run_dir)["metrics"]
@@ -238,8 +264,10 @@ def test_resume_on_cuda_continues_the_recorded_history(tmp_path, monkeypatch):
                 if next(calls) == 4:
                     raise _Kill
                 return step(*a, **k)
+
             monkeypatch.setattr(method, "step", dying_step)
         return real(*args, **kwargs)
+
     monkeypatch.setattr(T, "train_one_epoch", dies_in_epoch_2)
     with pytest.raises(_Kill):
         fit(cfg, progress=False, verbose=False)
@@ -268,8 +296,17 @@ def test_resume_on_cuda_continues_the_recorded_history(tmp_path, monkeypatch):
 def cuda_run(tmp_path_factory):
     """A run folder trained on the GPU: smallcnn, ce, 2 short epochs on 16x16 digits."""
     root = tmp_path_factory.mktemp("cuda-runs")
-    cfg = TrainConfig(dataset="digits", model="smallcnn", method="ce", epochs=2,
-                      max_train_samples=300, out_dir=str(root), name="ce", device="cuda", seed=0)
+    cfg = TrainConfig(
+        dataset="digits",
+        model="smallcnn",
+        method="ce",
+        epochs=2,
+        max_train_samples=300,
+        out_dir=str(root),
+        name="ce",
+        device="cuda",
+        seed=0,
+    )
     fit(cfg, progress=False, verbose=False)
     return root / "ce"
 
@@ -304,8 +341,13 @@ def test_gradcam_on_a_cuda_model(cuda_run):
     assert maps.shape == (8, 16, 16) and maps.device.type == "cpu"
     assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0
     assert not model.training and all(p.grad is None for p in model.parameters())
-    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                + len(m._backward_pre_hooks) for m in model.modules())
+    hooks = sum(
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
+        + len(m._backward_pre_hooks)
+        for m in model.modules()
+    )
     assert hooks == 0  # the context manager released them
     cpu_model, _ = runs.load_model(cuda_run, "cpu")
     assert float((maps - gradcam(cpu_model, x)).abs().mean()) < 0.05  # TF32 convolutions aside

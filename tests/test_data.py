@@ -1,4 +1,5 @@
 """Tests for ipskit.data and ipskit.augment: datasets, augmentation, the in-memory loader."""
+
 import io
 import os
 import pickle
@@ -18,8 +19,18 @@ from sklearn.datasets import load_digits
 
 import ipskit.data
 from ipskit.checks import InputError
-from ipskit.data import (AugmentParams, AugmentSpec, DatasetUnavailableError, ImageFileDataset, InMemoryLoader,
-                         apply_augment, augment_batch, draw_augment, load_dataset, stratified_split)
+from ipskit.data import (
+    AugmentParams,
+    AugmentSpec,
+    DatasetUnavailableError,
+    ImageFileDataset,
+    InMemoryLoader,
+    apply_augment,
+    augment_batch,
+    draw_augment,
+    load_dataset,
+    stratified_split,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -84,16 +95,25 @@ def test_stratified_split_keeps_two_training_items_per_class():
     assert torch.bincount(y[tr]).tolist() == [2, 2, 2]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"name": "mnist"}, r"unknown dataset 'mnist'; known datasets: digits, cifar10, cifar100, imagefolder:PATH"),
-    ({"image_size": 2}, r"image_size must be >= 4 \(or None for the dataset's default\), got 2"),
-    ({"image_size": True}, r"image_size must be an int, got bool True"),
-    ({"val_fraction": 1.0}, r"val_fraction must be in \(0, 1\), got 1.0"),
-    ({"val_fraction": "0.2"}, r"val_fraction must be a number, got str '0.2'"),
-    ({"seed": 1.5}, r"seed must be an int, got float 1.5"),
-    ({"max_memory_bytes": -1}, r"max_memory_bytes must be >= 0, got -1"),
-    ({"skip_bad_files": 1}, r"skip_bad_files must be True or False, got int 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (
+            {"name": "mnist"},
+            r"unknown dataset 'mnist'; known datasets: digits, cifar10, cifar100, imagefolder:PATH",
+        ),
+        (
+            {"image_size": 2},
+            r"image_size must be >= 4 \(or None for the dataset's default\), got 2",
+        ),
+        ({"image_size": True}, r"image_size must be an int, got bool True"),
+        ({"val_fraction": 1.0}, r"val_fraction must be in \(0, 1\), got 1.0"),
+        ({"val_fraction": "0.2"}, r"val_fraction must be a number, got str '0.2'"),
+        ({"seed": 1.5}, r"seed must be an int, got float 1.5"),
+        ({"max_memory_bytes": -1}, r"max_memory_bytes must be >= 0, got -1"),
+        ({"skip_bad_files": 1}, r"skip_bad_files must be True or False, got int 1"),
+    ],
+)
 def test_load_dataset_bad_arguments(kwargs, match):
     with pytest.raises(InputError, match=match) as e:
         load_dataset(**{"name": "digits", **kwargs})
@@ -101,7 +121,9 @@ def test_load_dataset_bad_arguments(kwargs, match):
 
 
 def test_load_dataset_accepts_numpy_scalars():
-    b = load_dataset("digits", image_size=np.int64(8), val_fraction=np.float32(0.2), seed=np.int64(0))
+    b = load_dataset(
+        "digits", image_size=np.int64(8), val_fraction=np.float32(0.2), seed=np.int64(0)
+    )
     assert b.image_size == 8 and len(b.test_y) == 359
 
 
@@ -111,9 +133,9 @@ def _reference_augment(x, params, spec):
     out = []
     p, (h, w) = spec.crop_padding, x.shape[-2:]
     for i in range(len(x)):
-        img = F.pad(x[i:i + 1].float() / 255, (p, p, p, p))[0]
+        img = F.pad(x[i : i + 1].float() / 255, (p, p, p, p))[0]
         oy, ox = int(params.offset_y[i]), int(params.offset_x[i])
-        img = img[:, oy:oy + h, ox:ox + w]
+        img = img[:, oy : oy + h, ox : ox + w]
         out.append(img.flip(-1) if params.flip[i] else img)
     return torch.stack(out)
 
@@ -134,10 +156,14 @@ def test_augment_matches_per_image_reference():
 def test_crop_shifts_content_and_centre_offset_is_identity():
     x = torch.arange(64, dtype=torch.uint8).view(1, 1, 8, 8)
     spec = AugmentSpec(crop_padding=2)
-    same = apply_augment(x, AugmentParams(torch.tensor([2]), torch.tensor([2]), torch.tensor([False])), spec)
+    same = apply_augment(
+        x, AugmentParams(torch.tensor([2]), torch.tensor([2]), torch.tensor([False])), spec
+    )
     assert torch.equal(same, x.float() / 255)
     # offset (3, 4) = shift by (1, 2): out[i, j] = x[i + 1, j + 2], zeros past the border
-    out = apply_augment(x, AugmentParams(torch.tensor([3]), torch.tensor([4]), torch.tensor([False])), spec)[0, 0]
+    out = apply_augment(
+        x, AugmentParams(torch.tensor([3]), torch.tensor([4]), torch.tensor([False])), spec
+    )[0, 0]
     assert torch.equal(out[:7, :6], x[0, 0, 1:, 2:].float() / 255)
     assert out[7].abs().sum() == 0 and out[:, 6:].abs().sum() == 0
 
@@ -164,17 +190,25 @@ def test_augment_is_deterministic_with_a_generator(digits):
 def test_other_padding_modes_match_f_pad(mode):
     x = torch.randint(0, 256, (4, 1, 6, 6), dtype=torch.uint8)
     spec = AugmentSpec(crop_padding=2, padding_mode=mode)
-    params = AugmentParams(torch.tensor([0, 4, 1, 2]), torch.tensor([0, 0, 3, 2]), torch.zeros(4, dtype=torch.bool))
+    params = AugmentParams(
+        torch.tensor([0, 4, 1, 2]), torch.tensor([0, 0, 3, 2]), torch.zeros(4, dtype=torch.bool)
+    )
     padded = F.pad(x.float() / 255, (2, 2, 2, 2), mode=mode)
-    ref = torch.stack([padded[i, :, oy:oy + 6, ox:ox + 6] for i, (oy, ox) in
-                       enumerate(zip(params.offset_y.tolist(), params.offset_x.tolist()))])
+    ref = torch.stack(
+        [
+            padded[i, :, oy : oy + 6, ox : ox + 6]
+            for i, (oy, ox) in enumerate(zip(params.offset_y.tolist(), params.offset_x.tolist()))
+        ]
+    )
     assert torch.equal(apply_augment(x, params, spec), ref)
 
 
 def test_augment_spec_rejects_bad_values():
     with pytest.raises(ValueError, match=r"crop_padding must be an int >= 0, got -1"):
         AugmentSpec(crop_padding=-1)
-    with pytest.raises(ValueError, match=r"padding_mode must be one of zeros, reflect, replicate, got 'wrap'"):
+    with pytest.raises(
+        ValueError, match=r"padding_mode must be one of zeros, reflect, replicate, got 'wrap'"
+    ):
         AugmentSpec(padding_mode="wrap")
     with pytest.raises(ValueError, match=r"expects a batch \[B, C, H, W\], got shape \(1, 8, 8\)"):
         augment_batch(torch.zeros(1, 8, 8), AugmentSpec(1))
@@ -183,7 +217,9 @@ def test_augment_spec_rejects_bad_values():
 # ------------------------------------------------------------------ in-memory loader
 def _index_images(n=50):
     """Images whose pixels and labels both encode their index, to trace what a loader yields."""
-    return torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous(), torch.arange(n)
+    return torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(
+        n, 1, 4, 4
+    ).contiguous(), torch.arange(n)
 
 
 def test_loader_covers_every_index_once_per_epoch():
@@ -232,13 +268,25 @@ def test_one_seed_mixer_and_the_loader_stream_of_existing_runs():
     assert ipskit.train.derive_seed is ipskit.data.derive_seed
     # numbers of ipskit.train.derive_seed and InMemoryLoader before the mixer moved to ipskit.data
     assert [ipskit.data.derive_seed(*p) for p in [(0,), (7, 2, 0, 0), (3, 1)]] == [
-        7896617691693857887, 9139555415570476218, 5712964121383671236]
+        7896617691693857887,
+        9139555415570476218,
+        5712964121383671236,
+    ]
     x, y = _index_images()
     loader = InMemoryLoader(x, y, 8, augment=AugmentSpec(1), seed=ipskit.data.derive_seed(3, 0, 1))
     loader.set_epoch(2)
     xb, yb = next(iter(loader))
     assert yb.tolist() == [12, 24, 32, 5, 14, 34, 10, 26]
-    assert xb[:, 0].gt(0).sum(dim=(1, 2)).tolist() == [9, 12, 12, 12, 9, 9, 12, 9]  # the crops drawn
+    assert xb[:, 0].gt(0).sum(dim=(1, 2)).tolist() == [
+        9,
+        12,
+        12,
+        12,
+        9,
+        9,
+        12,
+        9,
+    ]  # the crops drawn
 
 
 class _RecordingSampler:
@@ -268,7 +316,9 @@ def test_loader_with_pair_sampler_yields_same_class_halves(digits):
     from ipskit.pairs import SameClassPairSampler
 
     sampler = SameClassPairSampler(digits.train_y, 32, seed=0, drop_last=True)
-    loader = InMemoryLoader(digits.train_x, digits.train_y, None, digits.augment, batch_sampler=sampler)
+    loader = InMemoryLoader(
+        digits.train_x, digits.train_y, None, digits.augment, batch_sampler=sampler
+    )
     xb, yb = next(iter(loader))
     assert xb.shape == (64, 1, 16, 16) and torch.equal(yb[:32], yb[32:])
 
@@ -277,8 +327,9 @@ def test_standard_dataloader_pipeline_matches_fast_path_format(digits):
     from ipskit.pairs import SameClassPairSampler
 
     torch.manual_seed(0)
-    loader = torch.utils.data.DataLoader(digits.train_dataset, batch_sampler=SameClassPairSampler(
-        digits.train_targets, 16, seed=0))
+    loader = torch.utils.data.DataLoader(
+        digits.train_dataset, batch_sampler=SameClassPairSampler(digits.train_targets, 16, seed=0)
+    )
     xb, yb = next(iter(loader))
     assert xb.shape == (32, 1, 16, 16) and xb.dtype == torch.float32 and yb.dtype == torch.int64
     assert float(xb.min()) >= 0 and float(xb.max()) <= 1 and torch.equal(yb[:16], yb[16:])
@@ -286,9 +337,13 @@ def test_standard_dataloader_pipeline_matches_fast_path_format(digits):
 
 def test_loader_rejects_bad_input():
     x = torch.zeros(4, 1, 4, 4, dtype=torch.uint8)
-    with pytest.raises(TypeError, match=r"x must be a uint8 tensor \[N, C, H, W\], got torch.float32"):
+    with pytest.raises(
+        TypeError, match=r"x must be a uint8 tensor \[N, C, H, W\], got torch.float32"
+    ):
         InMemoryLoader(torch.zeros(4, 1, 4, 4), torch.zeros(4), 2)
-    with pytest.raises(InputError, match=r"batch_size must be >= 1 \(or give a batch_sampler\), got 0"):
+    with pytest.raises(
+        InputError, match=r"batch_size must be >= 1 \(or give a batch_sampler\), got 0"
+    ):
         InMemoryLoader(x, torch.zeros(4), 0)
     with pytest.raises(InputError, match=r"batch_size must be an int, got bool True"):
         InMemoryLoader(x, torch.zeros(4), True)
@@ -316,9 +371,14 @@ def test_imagefolder_single_level_split(tmp_path):
     assert torch.bincount(b.test_y).tolist() == [1, 2]
     assert b.augment.flip and b.augment.crop_padding == 1
     # each decoded image is its flat fill colour: class 1, red channel = 40 + i
-    assert torch.equal(b.train_x[b.train_y == 1][:, 0].amin(dim=(1, 2)), b.train_x[b.train_y == 1][:, 0].amax(dim=(1, 2)))
+    assert torch.equal(
+        b.train_x[b.train_y == 1][:, 0].amin(dim=(1, 2)),
+        b.train_x[b.train_y == 1][:, 0].amax(dim=(1, 2)),
+    )
     assert set(b.train_x[b.train_y == 0][:, 0, 0, 0].tolist()) <= set(range(5))
-    assert load_dataset(f"imagefolder:{tmp_path}", image_size=8).test_y.tolist() == b.test_y.tolist()
+    assert (
+        load_dataset(f"imagefolder:{tmp_path}", image_size=8).test_y.tolist() == b.test_y.tolist()
+    )
 
 
 def test_imagefolder_train_val_layout_and_grayscale(tmp_path):
@@ -339,7 +399,11 @@ def test_imagefolder_too_big_for_memory_decodes_lazily(tmp_path):
     _write_tree(tmp_path, {"cat": 4, "dog": 4}, size=(20, 10))
     eager = load_dataset(f"imagefolder:{tmp_path}", image_size=8)
     lazy = load_dataset(f"imagefolder:{tmp_path}", image_size=8, max_memory_bytes=0)
-    assert lazy.train_x is None and lazy.train_y is None and isinstance(lazy.train_dataset, ImageFileDataset)
+    assert (
+        lazy.train_x is None
+        and lazy.train_y is None
+        and isinstance(lazy.train_dataset, ImageFileDataset)
+    )
     assert torch.equal(lazy.train_targets, eager.train_targets)
     x, y = lazy.test_dataset[0]
     assert torch.equal(x, eager.test_x[0].float() / 255) and y == int(eager.test_y[0])
@@ -349,11 +413,17 @@ def test_imagefolder_too_big_for_memory_decodes_lazily(tmp_path):
     assert not cache.exists()  # images decoded on access are not cached
 
 
-@pytest.mark.parametrize("counts, match", [
-    ({"cat": 3}, r"has 1 class folder \(cat\); classification needs at least 2"),
-    ({"cat": 3, "dog": 1}, r"class 'dog' in .* has 1 image\(s\); every class needs at least 2 training images"),
-    ({}, r"no class folders in .*"),
-])
+@pytest.mark.parametrize(
+    "counts, match",
+    [
+        ({"cat": 3}, r"has 1 class folder \(cat\); classification needs at least 2"),
+        (
+            {"cat": 3, "dog": 1},
+            r"class 'dog' in .* has 1 image\(s\); every class needs at least 2 training images",
+        ),
+        ({}, r"no class folders in .*"),
+    ],
+)
 def test_imagefolder_bad_trees(tmp_path, counts, match):
     _write_tree(tmp_path, counts)
     with pytest.raises(InputError, match=match):
@@ -365,11 +435,15 @@ def test_imagefolder_missing_path_and_class_mismatch(tmp_path):
         load_dataset(f"imagefolder:{tmp_path / 'nowhere'}")
     _write_tree(tmp_path / "train", {"a": 2, "b": 2})
     _write_tree(tmp_path / "val", {"a": 0, "b": 0})
-    with pytest.raises(InputError, match=r"no held-out images for .*: .*val leaves an empty test set"):
+    with pytest.raises(
+        InputError, match=r"no held-out images for .*: .*val leaves an empty test set"
+    ):
         load_dataset(f"imagefolder:{tmp_path}")
     (tmp_path / "val").rename(tmp_path / "old")
     _write_tree(tmp_path / "test", {"a": 1, "c": 1})
-    with pytest.raises(InputError, match=r"class folders differ: .*train has \['a', 'b'\], .*test has \['a', 'c'\]"):
+    with pytest.raises(
+        InputError, match=r"class folders differ: .*train has \['a', 'b'\], .*test has \['a', 'c'\]"
+    ):
         load_dataset(f"imagefolder:{tmp_path}")
 
 
@@ -377,8 +451,18 @@ def test_imagefolder_missing_path_and_class_mismatch(tmp_path):
 def test_scan_matches_torchvision_imagefolder(tmp_path):
     from torchvision.datasets import ImageFolder
 
-    files = ["b/z.png", "b/A.PNG", "b/notes.txt", "b/sub/x.jpeg", "b/sub-x/y.webp", "b/sub/deeper/w.JPG",
-             "a/1.bmp", "a/0.tif", ".hidden/k.png", "empty/readme.md"]
+    files = [
+        "b/z.png",
+        "b/A.PNG",
+        "b/notes.txt",
+        "b/sub/x.jpeg",
+        "b/sub-x/y.webp",
+        "b/sub/deeper/w.JPG",
+        "a/1.bmp",
+        "a/0.tif",
+        ".hidden/k.png",
+        "empty/readme.md",
+    ]
     for f in files:  # os.walk order sorts "sub-x" before "sub/deeper": a depth-first walk would not
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_bytes(b"")
@@ -389,7 +473,10 @@ def test_scan_matches_torchvision_imagefolder(tmp_path):
     assert classes == ref.classes == [".hidden", "a", "b", "empty"]
     assert paths == [p for p, _ in ref.samples] and targets.tolist() == ref.targets
     assert [st.split("\0")[0] for st in stamps] == [os.path.relpath(p, tmp_path) for p in paths]
-    assert stamps[2] == f"a/1.bmp\x003\x00{os.stat(tmp_path / 'a/1.bmp').st_mtime_ns}\x00" and skipped == []
+    assert (
+        stamps[2] == f"a/1.bmp\x003\x00{os.stat(tmp_path / 'a/1.bmp').st_mtime_ns}\x00"
+        and skipped == []
+    )
 
 
 def test_parallel_decode_matches_serial_decode(tmp_path):
@@ -422,7 +509,11 @@ def decodes(monkeypatch):
 def _same_bundle(a, b):
     for field in ("train_x", "test_x", "train_y", "test_y"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
-    assert (a.classes, a.mean, a.std) == (b.classes, b.mean, b.std)  # stats exactly, not approximately
+    assert (a.classes, a.mean, a.std) == (
+        b.classes,
+        b.mean,
+        b.std,
+    )  # stats exactly, not approximately
 
 
 def _noise_tree(root, counts, seed=0):
@@ -430,7 +521,9 @@ def _noise_tree(root, counts, seed=0):
     for name, n in counts.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(
+                root / name / f"{i}.png"
+            )
 
 
 def test_second_load_comes_from_the_cache(tmp_path, decodes):
@@ -445,7 +538,9 @@ def test_second_load_comes_from_the_cache(tmp_path, decodes):
     _same_bundle(again, first)
     _same_bundle(load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=False), first)
     assert decodes[0] == 20
-    load_dataset(f"imagefolder:{data}", image_size=6, cache_dir=cache)  # another size: its own cache
+    load_dataset(
+        f"imagefolder:{data}", image_size=6, cache_dir=cache
+    )  # another size: its own cache
     assert decodes[0] == 30 and len(list(cache.iterdir())) == 2
 
 
@@ -489,7 +584,7 @@ def test_a_corrupt_cache_file_is_rebuilt(tmp_path, decodes, damage):
     (file,) = cache.iterdir()
     raw = bytearray(file.read_bytes())
     if damage == "truncate":
-        raw = raw[:len(raw) // 2]
+        raw = raw[: len(raw) // 2]
     elif damage == "flip a pixel byte":
         raw[raw.index(first.train_x[3].numpy().tobytes())] ^= 0xFF
     else:
@@ -522,8 +617,11 @@ def test_cache_location_and_cache_dir_false(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME")
     load_dataset(f"imagefolder:{data}", image_size=8)
     assert len(list((home / ".cache" / "ipskit").iterdir())) == 1
-    with pytest.raises(TypeError, match=r"cache_dir must be a folder, None \(the default folder\) or False "
-                       r"\(no cache\), got True"):
+    with pytest.raises(
+        TypeError,
+        match=r"cache_dir must be a folder, None \(the default folder\) or False "
+        r"\(no cache\), got True",
+    ):
         load_dataset("digits", cache_dir=True)
 
 
@@ -568,7 +666,9 @@ def _levels(b, label):
 
 def test_a_symlink_loop_is_not_followed(tmp_path, capsys):
     _write_tree(tmp_path, {"a": 6, "b": 6}, mode="L")
-    (tmp_path / "a" / "up").symlink_to("..")  # was: 492 samples, b's images as a, train images in the test set
+    (tmp_path / "a" / "up").symlink_to(
+        ".."
+    )  # was: 492 samples, b's images as a, train images in the test set
     b = load_dataset(f"imagefolder:{tmp_path}", image_size=4, cache_dir=False)
     assert len(b.train_y) + len(b.test_y) == 12
     assert _levels(b, 0) == [0, 1, 2, 3, 4, 5] and _levels(b, 1) == [40, 41, 42, 43, 44, 45]
@@ -578,7 +678,9 @@ def test_a_symlink_loop_is_not_followed(tmp_path, capsys):
 def test_folder_symlinks_that_loop_or_repeat_images_are_skipped(tmp_path, capsys):
     data, outside = tmp_path / "data", tmp_path / "outside"
     _write_tree(data, {"a": 6, "b": 6}, mode="L")  # class a levels 0..5, class b 40..45
-    (data / "a" / "up").symlink_to("..")  # a loop back to the dataset: ImageFolder reads b's images as a
+    (data / "a" / "up").symlink_to(
+        ".."
+    )  # a loop back to the dataset: ImageFolder reads b's images as a
     (data / "b" / "also-a").symlink_to(data / "a")  # another class's folder
     (data / "c-copy").symlink_to("b", target_is_directory=True)  # a class that is another class
     for i in range(3):  # a folder outside the dataset, linked from a, then again from b
@@ -588,10 +690,19 @@ def test_folder_symlinks_that_loop_or_repeat_images_are_skipped(tmp_path, capsys
     (data / "b" / "extra").symlink_to(outside)
     b = load_dataset(f"imagefolder:{data}", image_size=4, cache_dir=False)
     assert b.classes == ["a", "b"] and len(b.train_y) + len(b.test_y) == 15
-    assert _levels(b, 0) == [0, 1, 2, 3, 4, 5, 200, 201, 202] and _levels(b, 1) == [40, 41, 42, 43, 44, 45]
+    assert _levels(b, 0) == [0, 1, 2, 3, 4, 5, 200, 201, 202] and _levels(b, 1) == [
+        40,
+        41,
+        42,
+        43,
+        44,
+        45,
+    ]
     (line,) = _warnings(capsys.readouterr().err)
-    assert line.startswith(f"warning: skipped 4 folder symlink(s) in {data} that lead back into it or to a folder "
-                           f"already read (the first: {data / 'c-copy'}); their images would be read twice")
+    assert line.startswith(
+        f"warning: skipped 4 folder symlink(s) in {data} that lead back into it or to a folder "
+        f"already read (the first: {data / 'c-copy'}); their images would be read twice"
+    )
 
 
 def test_train_and_val_symlinks_do_not_leak_images_across_the_split(tmp_path, capsys):
@@ -612,9 +723,16 @@ def test_16_bit_and_float_images_are_scaled_to_8_bits(tmp_path):
     (tmp_path / "float").mkdir()
     for i in range(4):
         _save_png16(tmp_path / "deep" / f"{i}.png", 257 * (100 + i))  # 8-bit level 100 + i
-        Image.fromarray(np.full((10, 12), 0.25 * i, dtype=np.float32)).save(tmp_path / "float" / f"{i}.tif")
-    Image.fromarray(np.full((10, 12), 300.0, dtype=np.float32)).save(tmp_path / "float" / "bright.tif")
-    with Image.open(tmp_path / "deep" / "0.png") as img, Image.open(tmp_path / "float" / "0.tif") as f:
+        Image.fromarray(np.full((10, 12), 0.25 * i, dtype=np.float32)).save(
+            tmp_path / "float" / f"{i}.tif"
+        )
+    Image.fromarray(np.full((10, 12), 300.0, dtype=np.float32)).save(
+        tmp_path / "float" / "bright.tif"
+    )
+    with (
+        Image.open(tmp_path / "deep" / "0.png") as img,
+        Image.open(tmp_path / "float" / "0.tif") as f,
+    ):
         assert (img.mode, f.mode) == ("I;16", "F")
     b = load_dataset(f"imagefolder:{tmp_path}", image_size=4, val_fraction=0.25, cache_dir=False)
     assert b.in_channels == 1
@@ -636,7 +754,9 @@ def test_a_folder_with_any_colour_image_is_rgb(tmp_path):
     b = load_dataset(f"imagefolder:{tmp_path}", image_size=4, cache_dir=False)
     assert b.in_channels == 3 and b.train_x.shape[1] == 3
     grey, colour = b.train_x[b.train_y == 0], b.train_x[b.train_y == 1]
-    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])  # grey stays grey
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(
+        grey[:, 1], grey[:, 2]
+    )  # grey stays grey
     assert colour[:, 0, 0, 0].tolist() != colour[:, 1, 0, 0].tolist()  # colour is not made grey
     lazy = load_dataset(f"imagefolder:{tmp_path}", image_size=4, max_memory_bytes=0)
     assert lazy.in_channels == 3 and lazy.train_dataset[0][0].shape == (3, 4, 4)
@@ -644,22 +764,47 @@ def test_a_folder_with_any_colour_image_is_rgb(tmp_path):
 
 def _png_header(w, h):
     def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _truncated_jpeg():
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format="JPEG")
-    return buf.getvalue()[:len(buf.getvalue()) // 2]
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        buf, format="JPEG"
+    )
+    return buf.getvalue()[: len(buf.getvalue()) // 2]
 
 
 BAD_FILES = {  # name: (file name, bytes, the problem in the message)
-    "text": ("notes.png", b"these are my notes, not a picture\n", r"not an image file PIL can read"),
+    "text": (
+        "notes.png",
+        b"these are my notes, not a picture\n",
+        r"not an image file PIL can read",
+    ),
     "empty": ("empty.png", b"", r"the file is empty \(0 bytes\)"),
-    "truncated": ("cut.jpg", None, r"cannot be decoded, truncated or damaged \(OSError: image file is truncated"),
-    "bomb": ("bomb.png", _png_header(30000, 30000), r"too large to decode \(Image size \(900000000 pixels\) exceeds"),
-    "big": ("big.png", _png_header(10000, 10000), r"10000x10000 pixels is more than the 89478485 PIL decodes"),
+    "truncated": (
+        "cut.jpg",
+        None,
+        r"cannot be decoded, truncated or damaged \(OSError: image file is truncated",
+    ),
+    "bomb": (
+        "bomb.png",
+        _png_header(30000, 30000),
+        r"too large to decode \(Image size \(900000000 pixels\) exceeds",
+    ),
+    "big": (
+        "big.png",
+        _png_header(10000, 10000),
+        r"10000x10000 pixels is more than the 89478485 PIL decodes",
+    ),
 }
 
 
@@ -670,19 +815,30 @@ def test_a_bad_file_is_one_line_naming_it_or_skipped_on_request(tmp_path, capsys
     _noise_tree(data, {"cat": 5, "dog": 5})
     name, raw, problem = BAD_FILES[kind]
     (data / "dog" / name).write_bytes(_truncated_jpeg() if raw is None else raw)
-    with pytest.raises(InputError, match=rf"^bad image file {data / 'dog' / name}: {problem}.*; fix or remove it, "
-                       r"or load with skip_bad_files=True$") as e:
+    with pytest.raises(
+        InputError,
+        match=rf"^bad image file {data / 'dog' / name}: {problem}.*; fix or remove it, "
+        r"or load with skip_bad_files=True$",
+    ) as e:
         load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache)
     assert "\n" not in str(e.value)
-    assert not cache.exists() or list(cache.iterdir()) == []  # no cache, whole or half, of a failed load
+    assert (
+        not cache.exists() or list(cache.iterdir()) == []
+    )  # no cache, whole or half, of a failed load
     capsys.readouterr()
-    skipped = load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache, skip_bad_files=True)
-    _same_bundle(skipped, load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=False, skip_bad_files=True))
+    skipped = load_dataset(
+        f"imagefolder:{data}", image_size=8, cache_dir=cache, skip_bad_files=True
+    )
+    _same_bundle(
+        skipped,
+        load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=False, skip_bad_files=True),
+    )
     assert len(skipped.train_y) + len(skipped.test_y) == 10 and skipped.train_x.shape[1] == 3
     lines = _warnings(capsys.readouterr().err)
     assert len(lines) == 2 and lines[0] == lines[1]  # one line per load
-    assert lines[0].startswith(f"warning: skipped 1 bad image file(s) of 11 in {data} (the first: "
-                               f"{data / 'dog' / name}: ")
+    assert lines[0].startswith(
+        f"warning: skipped 1 bad image file(s) of 11 in {data} (the first: {data / 'dog' / name}: "
+    )
     # from the cache: the same images, the same warning; without the flag, the same error
     again = load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache, skip_bad_files=True)
     _same_bundle(again, skipped)
@@ -690,7 +846,9 @@ def test_a_bad_file_is_one_line_naming_it_or_skipped_on_request(tmp_path, capsys
     with pytest.raises(InputError, match=rf"^bad image file {data / 'dog' / name}: {problem}"):
         load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache)
     if kind != "truncated":  # too big for memory: the headers are still read at load
-        lazy = load_dataset(f"imagefolder:{data}", image_size=8, max_memory_bytes=0, skip_bad_files=True)
+        lazy = load_dataset(
+            f"imagefolder:{data}", image_size=8, max_memory_bytes=0, skip_bad_files=True
+        )
         assert len(lazy.train_dataset) + len(lazy.test_dataset) == 10
         with pytest.raises(InputError, match=rf"^bad image file {data / 'dog' / name}: {problem}"):
             load_dataset(f"imagefolder:{data}", image_size=8, max_memory_bytes=0)
@@ -699,7 +857,9 @@ def test_a_bad_file_is_one_line_naming_it_or_skipped_on_request(tmp_path, capsys
 def test_skipping_may_leave_a_class_too_small(tmp_path):
     _noise_tree(tmp_path, {"cat": 4, "dog": 2})
     (tmp_path / "dog" / "0.png").write_bytes(b"")
-    with pytest.raises(InputError, match=r"class 'dog' in .* has 1 image\(s\) that can be read; every class needs"):
+    with pytest.raises(
+        InputError, match=r"class 'dog' in .* has 1 image\(s\) that can be read; every class needs"
+    ):
         load_dataset(f"imagefolder:{tmp_path}", image_size=8, skip_bad_files=True)
 
 
@@ -722,7 +882,9 @@ def test_parallel_decode_reports_the_first_bad_file_in_order(tmp_path, monkeypat
 
     monkeypatch.setattr(ipskit.data, "_read_image", slow_start)
     for _ in range(3):
-        with pytest.raises(InputError, match=rf"^bad image file {paths[5]}: not an image file PIL can read"):
+        with pytest.raises(
+            InputError, match=rf"^bad image file {paths[5]}: not an image file PIL can read"
+        ):
             ipskit.data._decode_images(paths, 4, "RGB", chunk=2, workers=4)
         started.clear()
     x, bad = ipskit.data._decode_images(paths, 4, "RGB", chunk=2, workers=4, skip_bad=True)
@@ -737,12 +899,17 @@ def test_cifar_offline_gives_one_clear_line(tmp_path, monkeypatch):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", no_network)
-    with pytest.raises(DatasetUnavailableError, match=r"cifar10 is missing or corrupted in .* \(URLError: .*name resolution.*\); "
-                       r"put cifar-10-python.tar.gz \(from https://.*\) or its extracted folder "
-                       r"cifar-10-batches-py/ into .* and run again") as err:
+    with pytest.raises(
+        DatasetUnavailableError,
+        match=r"cifar10 is missing or corrupted in .* \(URLError: .*name resolution.*\); "
+        r"put cifar-10-python.tar.gz \(from https://.*\) or its extracted folder "
+        r"cifar-10-batches-py/ into .* and run again",
+    ) as err:
         load_dataset("cifar10", root=tmp_path)
     assert "\n" not in str(err.value)
-    with pytest.raises(DatasetUnavailableError, match=r"cifar100 .*\(download=False\); put cifar-100-python.tar.gz"):
+    with pytest.raises(
+        DatasetUnavailableError, match=r"cifar100 .*\(download=False\); put cifar-100-python.tar.gz"
+    ):
         load_dataset("cifar100", root=tmp_path, download=False)
 
 
@@ -791,14 +958,17 @@ def test_image_from_bytes_prepares_one_model_input():
     assert grey.shape == (1, 1, 8, 8) and float(grey.max()) < 0.05
 
 
-@pytest.mark.parametrize("data, kwargs, message", [
-    (b"not an image at all", {}, "not an image that can be read"),
-    (b"\0" * (3 * 2**19), {"max_bytes": 2**20}, "the file is 1.5 MB; the limit is 1 MB"),
-    ("wide", {"max_side": 64}, "100x10 pixels; the limit is 64 pixels a side"),
-    ("wide", {"in_channels": 4}, "in_channels must be 1"),
-    ("wide", {"in_channels": True}, "in_channels must be an int, got bool True"),
-    ("wide", {"size": 0}, "size must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "data, kwargs, message",
+    [
+        (b"not an image at all", {}, "not an image that can be read"),
+        (b"\0" * (3 * 2**19), {"max_bytes": 2**20}, "the file is 1.5 MB; the limit is 1 MB"),
+        ("wide", {"max_side": 64}, "100x10 pixels; the limit is 64 pixels a side"),
+        ("wide", {"in_channels": 4}, "in_channels must be 1"),
+        ("wide", {"in_channels": True}, "in_channels must be an int, got bool True"),
+        ("wide", {"size": 0}, "size must be >= 1, got 0"),
+    ],
+)
 def test_image_from_bytes_refuses_bad_files_in_one_line(data, kwargs, message):
     from ipskit.data import image_from_bytes
 

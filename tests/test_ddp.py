@@ -1,4 +1,5 @@
 """Data-parallel training: ``torchrun --nproc_per_node=2 -m ipskit train`` on CPU (gloo)."""
+
 import json
 import os
 import subprocess
@@ -8,22 +9,50 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from train_helpers import cache_datasets, tiny
 
 from ipskit.train import prepare_data
-from train_helpers import cache_datasets, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
+@pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
 def test_two_processes_on_gloo_write_one_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "ipskit", "train", "--method", "ips", "--model", "smallcnn",
-           "--image-size", "8", "--epochs", "1", "--batch-size", "32",
-           "--max-train-samples", "256", "--grid", "2", "--device", "cpu", "--no-progress",
-           "--out-dir", str(tmp_path), "--name", "ddp"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ipskit",
+        "train",
+        "--method",
+        "ips",
+        "--model",
+        "smallcnn",
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--max-train-samples",
+        "256",
+        "--grid",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "ddp",
+    ]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "ddp"

@@ -10,7 +10,12 @@ import torch
 from ipskit.evaluate import _cifar_c_result, compare_runs, evaluate_run, main_compare, main_eval
 from ipskit.runs import atomic_torch_save
 
-FAST = {"max_samples": 120, "epsilons": [0.0, 0.01, 0.1], "corruptions": ["gaussian_noise", "contrast"], "severities": [1, 5]}
+FAST = {
+    "max_samples": 120,
+    "epsilons": [0.0, 0.01, 0.1],
+    "corruptions": ["gaussian_noise", "contrast"],
+    "severities": [1, 5],
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +56,24 @@ def test_evaluate_writes_consistent_strict_json(fresh):
 
 
 def test_cached_unless_settings_change_or_force(fresh):
-    evaluate_run(fresh, what=("calibration", "fgsm"), **{k: FAST[k] for k in ("max_samples", "epsilons")})
+    evaluate_run(
+        fresh, what=("calibration", "fgsm"), **{k: FAST[k] for k in ("max_samples", "epsilons")}
+    )
     first = json.loads((fresh / "eval.json").read_text())
     # same settings: nothing recomputed (mark the stored result to detect a rewrite)
     first["fgsm"]["result"]["marker"] = 1
     (fresh / "eval.json").write_text(json.dumps(first))
-    again = evaluate_run(fresh, what=("calibration", "fgsm"), max_samples=120, epsilons=FAST["epsilons"])
+    again = evaluate_run(
+        fresh, what=("calibration", "fgsm"), max_samples=120, epsilons=FAST["epsilons"]
+    )
     assert again["fgsm"]["result"].get("marker") == 1
     # new epsilons: fgsm recomputed, calibration kept
-    changed = evaluate_run(fresh, what=("calibration", "fgsm"), max_samples=120, epsilons=[0.0, 0.02])
-    assert "marker" not in changed["fgsm"]["result"] and changed["fgsm"]["settings"]["epsilons"] == [0.0, 0.02]
+    changed = evaluate_run(
+        fresh, what=("calibration", "fgsm"), max_samples=120, epsilons=[0.0, 0.02]
+    )
+    assert "marker" not in changed["fgsm"]["result"] and changed["fgsm"]["settings"][
+        "epsilons"
+    ] == [0.0, 0.02]
     assert changed["calibration"] == first["calibration"]
     forced = evaluate_run(fresh, what=("fgsm",), max_samples=120, epsilons=[0.0, 0.02], force=True)
     assert forced["fgsm"]["result"]["epsilons"] == [0.0, 0.02]
@@ -75,13 +88,31 @@ def test_compare_table_and_figures(fresh, tmp_path):
     lines = table.strip().splitlines()
     assert lines[0].startswith("| run | method | model |") and len(lines) == 4
     assert "| other/ce |" in table  # repeated folder names get their parent folder
-    for name in ("compare.md", "reliability.png", "confidence.png", "entropy.png", "fgsm.png", "corruptions.png"):
+    for name in (
+        "compare.md",
+        "reliability.png",
+        "confidence.png",
+        "entropy.png",
+        "fgsm.png",
+        "corruptions.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
 def test_cli_eval_and_compare(fresh, tmp_path, capsys):
-    args = [str(fresh), "--max-samples", "120", "--epsilons", "0", "0.01", "--what", "calibration", "fgsm", "--no-progress"]
+    args = [
+        str(fresh),
+        "--max-samples",
+        "120",
+        "--epsilons",
+        "0",
+        "0.01",
+        "--what",
+        "calibration",
+        "fgsm",
+        "--no-progress",
+    ]
     assert main_eval(args) == 0
     assert "top-1" in capsys.readouterr().out
     assert main_compare(args + ["--out", str(tmp_path / "c")]) == 0
@@ -95,7 +126,9 @@ def test_cli_bad_input_is_one_error_line(fresh, capsys):
 
     assert main(["eval", str(fresh), "--epsilons", "0", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: epsilons must be numbers in [0, 1] (pixel units of a [0, 1] image), got 2.0"]
+    assert err == [
+        "error: epsilons must be numbers in [0, 1] (pixel units of a [0, 1] image), got 2.0"
+    ]
 
 
 def test_bad_runs(fresh, tmp_path):
@@ -104,7 +137,9 @@ def test_bad_runs(fresh, tmp_path):
     no_ckpt = tmp_path / "no_ckpt"
     no_ckpt.mkdir()
     shutil.copy(fresh / "config.json", no_ckpt / "config.json")
-    with pytest.raises(ValueError, match=r"has no checkpoint.pt \(training has not finished an epoch\)"):
+    with pytest.raises(
+        ValueError, match=r"has no checkpoint.pt \(training has not finished an epoch\)"
+    ):
         evaluate_run(no_ckpt, what=("calibration",))
     # a checkpoint whose weights belong to another architecture
     ckpt = torch.load(fresh / "checkpoint.pt", weights_only=True)
@@ -151,7 +186,10 @@ def test_cifar_c_evaluation(tmp_path):
     res = _cifar_c_result(model, x, y, tmp_path, ["fog"], [1, 5], None, 8, "cpu", False)
     assert set(res["accuracy"]["fog"]) == {"1", "5"} and 0 <= res["mean_corruption_accuracy"] <= 1
     np.save(tmp_path / "fog.npy", rng.integers(0, 256, (10, 32, 32), dtype=np.uint8))
-    with pytest.raises(ValueError, match=r"fog.npy has shape \(10, 32, 32\) dtype uint8; expected uint8 \[5n, 32, 32, 3\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"fog.npy has shape \(10, 32, 32\) dtype uint8; expected uint8 \[5n, 32, 32, 3\]",
+    ):
         _cifar_c_result(model, x, y, tmp_path, ["fog"], [1], None, 8, "cpu", False)
     gray = build_model("smallcnn", num_classes=10, in_channels=1, image_size=32)
     with pytest.raises(ValueError, match="CIFAR-C images have 3 channels but this model takes 1"):

@@ -1,6 +1,7 @@
 """Tests for benchmarks/gpu_check.py: its --tiny rehearsal runs every stage on the CPU and
 leaves the summary, run folders and bundle the GPU check promises; a budget too small for a
 stage skips it; asking for CUDA without one stops at once with one line."""
+
 import importlib.util
 import json
 import os
@@ -30,9 +31,14 @@ def tiny_check(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu-check")
     out, bundle = root / "out", root / "bundle"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "IPSKIT_CACHE_DIR": str(root / "cache")}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(out),
-                           "--bundle", str(bundle)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--bundle", str(bundle)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return proc, out, bundle
 
 
@@ -85,8 +91,11 @@ def test_tiny_check_tables_and_run_folders(tiny_check):
 @pytest.mark.slow
 def test_tiny_check_bundle_holds_three_files_and_no_checkpoints(tiny_check):
     _, out, bundle = tiny_check
-    assert sorted(p.name for p in bundle.iterdir()) == ["gpu-check.tgz", "summary.json",
-                                                         "summary.md"]
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "gpu-check.tgz",
+        "summary.json",
+        "summary.md",
+    ]
     assert (bundle / "summary.md").read_text() == (out / "summary.md").read_text()
     with tarfile.open(bundle / "gpu-check.tgz") as tar:
         names = tar.getnames()

@@ -1,4 +1,5 @@
 """Tests for ipskit.losses against formulas written independently with numpy."""
+
 import math
 
 import numpy as np
@@ -22,13 +23,20 @@ def np_reference(za, zb, y, T=4.0, alpha=1.0, gamma=1.0, direction="symmetric", 
         p = np_softmax(z)
         ce += -np.mean([np.log(p[i, y[i]]) for i in range(B)]) / 2
     pa, pb = np_softmax(za / T), np_softmax(zb / T)
-    kl = lambda p, q: float(np.sum(p * np.log(p / q)))
+
+    def kl(p, q):
+        return float(np.sum(p * np.log(p / q)))
+
     if direction == "symmetric":
         kd = np.mean([(kl(pb[i], pa[i]) + kl(pa[i], pb[i])) / 2 for i in range(B)])
     else:
         pa1, pb1 = np_softmax(za), np_softmax(zb)
-        kd = np.mean([kl(pa[i], pb[i]) if pa1[i, y[i]] >= pb1[i, y[i]] else kl(pb[i], pa[i])
-                      for i in range(B)])
+        kd = np.mean(
+            [
+                kl(pa[i], pb[i]) if pa1[i, y[i]] >= pb1[i, y[i]] else kl(pb[i], pa[i])
+                for i in range(B)
+            ]
+        )
     if t2:
         kd *= T * T
     return gamma * ce + alpha * kd, ce, kd
@@ -44,12 +52,14 @@ def logits():
 
 
 @pytest.mark.parametrize("direction", ["symmetric", "confident"])
-@pytest.mark.parametrize("T,alpha,gamma,t2", [(4.0, 1.0, 1.0, False), (1.0, 0.5, 2.0, True),
-                                               (3.0, 0.0, 1.0, False)])
+@pytest.mark.parametrize(
+    "T,alpha,gamma,t2", [(4.0, 1.0, 1.0, False), (1.0, 0.5, 2.0, True), (3.0, 0.0, 1.0, False)]
+)
 def test_matches_numpy_reference(logits, direction, T, alpha, gamma, t2):
     za, zb, y = logits
-    out = ips_loss(za, zb, y, temperature=T, alpha=alpha, gamma=gamma, kd_direction=direction,
-                   t2_scale=t2)
+    out = ips_loss(
+        za, zb, y, temperature=T, alpha=alpha, gamma=gamma, kd_direction=direction, t2_scale=t2
+    )
     loss, ce, kd = np_reference(za.numpy(), zb.numpy(), y.numpy(), T, alpha, gamma, direction, t2)
     assert out.loss.item() == pytest.approx(loss, rel=1e-9)
     assert out.ce.item() == pytest.approx(ce, rel=1e-9)
@@ -68,6 +78,7 @@ def test_detached_targets_pull_each_side_towards_the_other_only_through_its_own_
     # alpha only, gamma 0: with the detached target, gradient of KL(p_b||p_a) reaches only z_a
     a, b = za.clone().requires_grad_(), zb.clone().requires_grad_()
     from ipskit import kl_divergence
+
     kl_divergence(b, a, 4.0, detach_target=True).sum().backward()
     assert b.grad is None and a.grad.abs().sum() > 0
     a.grad = None
@@ -82,7 +93,9 @@ def test_confident_direction_teaches_only_the_weaker_side(logits):
     _, _, a_teaches = pair_teacher(za, zb, y)
     # teacher rows receive no gradient, student rows do
     assert torch.all(a.grad[a_teaches] == 0) and torch.all(b.grad[~a_teaches] == 0)
-    assert (a.grad[~a_teaches].abs().sum(1) > 0).all() and (b.grad[a_teaches].abs().sum(1) > 0).all()
+    assert (a.grad[~a_teaches].abs().sum(1) > 0).all() and (
+        b.grad[a_teaches].abs().sum(1) > 0
+    ).all()
 
 
 def test_pair_teacher_picks_higher_true_class_probability():
@@ -102,26 +115,49 @@ def test_soft_labels_equal_hard_labels_when_one_hot(logits):
 def test_module_form(logits):
     za, zb, y = logits
     assert IPSLoss(temperature=2.0)(za, zb, y).loss.item() == pytest.approx(
-        ips_loss(za, zb, y, temperature=2.0).loss.item())
+        ips_loss(za, zb, y, temperature=2.0).loss.item()
+    )
     assert "temperature=2.0" in repr(IPSLoss(temperature=2.0))
 
 
-@pytest.mark.parametrize("kwargs,err,match", [
-    (dict(labels=torch.zeros(5, dtype=torch.long)), InputError, "labels has 5 entries but logits have 6 rows"),
-    (dict(labels=torch.zeros(6)), TypeError, "labels must be integer class ids"),
-    (dict(logits_b=torch.zeros(6, 4)), InputError, r"must both be \[B, K\], got \(6, 5\) and \(6, 4\)"),
-    (dict(temperature=0.0), InputError, r"temperature must be in \(0, inf\), got 0.0"),
-    (dict(temperature=True), InputError, "temperature must be a number, got bool True"),
-    (dict(temperature=math.inf), InputError, "temperature must be a finite number, got inf"),
-    (dict(alpha=-1.0), InputError, r"alpha must be in \[0, inf\), got -1.0"),
-    (dict(gamma=math.nan), InputError, "gamma must be a finite number, got nan"),
-    (dict(kd_direction="forward"), InputError, "unknown kd_direction 'forward'; choose one of: symmetric, confident"),
-    (dict(detach_target=1), InputError, "detach_target must be True or False, got int 1"),
-    (dict(labels=torch.zeros(6, 3)), InputError, r"soft labels must be float \[B, K\] = \[6, 5\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs,err,match",
+    [
+        (
+            dict(labels=torch.zeros(5, dtype=torch.long)),
+            InputError,
+            "labels has 5 entries but logits have 6 rows",
+        ),
+        (dict(labels=torch.zeros(6)), TypeError, "labels must be integer class ids"),
+        (
+            dict(logits_b=torch.zeros(6, 4)),
+            InputError,
+            r"must both be \[B, K\], got \(6, 5\) and \(6, 4\)",
+        ),
+        (dict(temperature=0.0), InputError, r"temperature must be in \(0, inf\), got 0.0"),
+        (dict(temperature=True), InputError, "temperature must be a number, got bool True"),
+        (dict(temperature=math.inf), InputError, "temperature must be a finite number, got inf"),
+        (dict(alpha=-1.0), InputError, r"alpha must be in \[0, inf\), got -1.0"),
+        (dict(gamma=math.nan), InputError, "gamma must be a finite number, got nan"),
+        (
+            dict(kd_direction="forward"),
+            InputError,
+            "unknown kd_direction 'forward'; choose one of: symmetric, confident",
+        ),
+        (dict(detach_target=1), InputError, "detach_target must be True or False, got int 1"),
+        (
+            dict(labels=torch.zeros(6, 3)),
+            InputError,
+            r"soft labels must be float \[B, K\] = \[6, 5\]",
+        ),
+    ],
+)
 def test_bad_input(kwargs, err, match):
-    args = dict(logits_a=torch.zeros(6, 5), logits_b=torch.zeros(6, 5),
-                labels=torch.zeros(6, dtype=torch.long))
+    args = dict(
+        logits_a=torch.zeros(6, 5),
+        logits_b=torch.zeros(6, 5),
+        labels=torch.zeros(6, dtype=torch.long),
+    )
     args.update(kwargs)
     with pytest.raises(err, match=match):
         ips_loss(**args)
@@ -156,14 +192,27 @@ def test_labels_outside_the_classes_are_refused_with_the_label_and_k(logits, dir
 def test_numpy_scalars_give_the_same_loss(logits):
     za, zb, y = logits
     ref = ips_loss(za, zb, y, temperature=2.0, alpha=0.5, gamma=1.0, t2_scale=True)
-    for out in (ips_loss(za, zb, y, temperature=np.float32(2.0), alpha=np.float32(0.5),
-                         gamma=np.int64(1), t2_scale=np.bool_(True)),
-                IPSLoss(temperature=np.float32(2.0), alpha=np.float32(0.5), gamma=np.int64(1),
-                        t2_scale=np.bool_(True))(za, zb, y)):
+    for out in (
+        ips_loss(
+            za,
+            zb,
+            y,
+            temperature=np.float32(2.0),
+            alpha=np.float32(0.5),
+            gamma=np.int64(1),
+            t2_scale=np.bool_(True),
+        ),
+        IPSLoss(
+            temperature=np.float32(2.0),
+            alpha=np.float32(0.5),
+            gamma=np.int64(1),
+            t2_scale=np.bool_(True),
+        )(za, zb, y),
+    ):
         assert torch.equal(out.loss, ref.loss) and torch.equal(out.kd, ref.kd)
-    assert "temperature=2.0, alpha=0.5, gamma=1.0" in repr(IPSLoss(temperature=np.float32(2.0),
-                                                                   alpha=np.float32(0.5),
-                                                                   gamma=np.int64(1)))
+    assert "temperature=2.0, alpha=0.5, gamma=1.0" in repr(
+        IPSLoss(temperature=np.float32(2.0), alpha=np.float32(0.5), gamma=np.int64(1))
+    )
 
 
 def test_ips_step_checks_the_loss_settings_once(monkeypatch):

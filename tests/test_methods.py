@@ -1,17 +1,27 @@
 """Tests for ipskit.methods: every method's loss against an independent formula or invariant,
 mixers applied identically to both sides of a pair, and every method learning on digits."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from train_helpers import cache_datasets, tiny
 
 from ipskit.config import METHOD_NAMES, TrainConfig
-from ipskit.methods import (CSKD, IPS, CrossEntropy, Cutout, CutMixer, Mixed, TorchvisionMix,
-                            apply_cutout,
-                            build_method, draw_cutout)
+from ipskit.methods import (
+    CSKD,
+    IPS,
+    CrossEntropy,
+    CutMixer,
+    Cutout,
+    Mixed,
+    TorchvisionMix,
+    apply_cutout,
+    build_method,
+    draw_cutout,
+)
 from ipskit.swap import patch_swap
 from ipskit.train import fit
-from train_helpers import cache_datasets, tiny
 
 K = 5
 
@@ -89,8 +99,9 @@ def test_cutmixer_same_draw_on_both_sides_and_global_rng_untouched():
     changed_a = (ma != xa).any(1)
     changed_b = (mb != xb).any(1)
     assert torch.equal(changed_a, changed_b) and changed_a.any()
-    assert torch.equal(ma[changed_a[:, None].expand_as(ma)],
-                       xa.roll(1, 0)[changed_a[:, None].expand_as(ma)])
+    assert torch.equal(
+        ma[changed_a[:, None].expand_as(ma)], xa.roll(1, 0)[changed_a[:, None].expand_as(ma)]
+    )
     assert soft.shape == (16, K) and torch.allclose(soft.sum(1), torch.ones(16))
     # soft labels: lam on the own class, 1 - lam on the rolled row's class
     lam = 1 - changed_a[0].float().mean()
@@ -133,8 +144,7 @@ def test_cutout_against_a_loop():
 
 def test_ips_plus_mixers_keep_a_shared_label():
     x, y = _pair_batch(b=8)
-    for mixer in (CutMixer("cutmix", K, prob=1.0), CutMixer("mixup", K, prob=1.0),
-                  Cutout(4, 0.5)):
+    for mixer in (CutMixer("cutmix", K, prob=1.0), CutMixer("mixup", K, prob=1.0), Cutout(4, 0.5)):
         method = IPS(grid=2, pr=0.5, mixer=mixer)
         out = method.step(_model(), x, y, _gen(0))
         assert torch.isfinite(out.loss)
@@ -178,8 +188,9 @@ def test_build_method_types():
 def test_every_method_learns_digits(tmp_path, monkeypatch, name):
     """Two short epochs on 8x8 digits: far above chance (10%) for every method."""
     cache_datasets(monkeypatch)
-    s = fit(tiny(tmp_path, method=name, epochs=2, max_train_samples=640), progress=False,
-            verbose=False)
+    s = fit(
+        tiny(tmp_path, method=name, epochs=2, max_train_samples=640), progress=False, verbose=False
+    )
     assert s["test_acc"] > 0.5, s
 
 
@@ -215,5 +226,8 @@ def test_config_names_come_from_the_registry_not_from_data_or_models():
     tree = ast.parse(Path(ipskit.config.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert {m for m in imported if m and m.startswith("ipskit")} == {"ipskit.registry", "ipskit.checks"}
+    assert {m for m in imported if m and m.startswith("ipskit")} == {
+        "ipskit.registry",
+        "ipskit.checks",
+    }
     assert tuple(models.MODELS) == registry.MODELS

@@ -78,14 +78,18 @@ def _naive_ece(logits, labels, n_bins):
 @pytest.mark.parametrize("n_bins", [1, 10, 15])
 def test_ece_against_loop(n_bins):
     logits, labels = _data(scale=3.0)
-    assert M.expected_calibration_error(logits, labels, n_bins) == pytest.approx(_naive_ece(logits, labels, n_bins), abs=1e-12)
+    assert M.expected_calibration_error(logits, labels, n_bins) == pytest.approx(
+        _naive_ece(logits, labels, n_bins), abs=1e-12
+    )
 
 
 def test_reliability_data_invariants():
     logits, labels = _data(n=300)
     rel = M.reliability_data(logits, labels, n_bins=15)
     assert len(rel["count"]) == 15 and sum(rel["count"]) == 300
-    for lo, hi, c, a, n in zip(rel["bin_lower"], rel["bin_upper"], rel["confidence"], rel["accuracy"], rel["count"]):
+    for lo, hi, c, a, n in zip(
+        rel["bin_lower"], rel["bin_upper"], rel["confidence"], rel["accuracy"], rel["count"]
+    ):
         if n == 0:
             assert c is None and a is None
         else:
@@ -111,7 +115,9 @@ def test_temperature_scaling_fixes_overconfidence():
     t = M.fit_temperature(over[fit], y[fit])
     assert t == pytest.approx(3.0, rel=0.15)
     assert M.nll(over[held] / t, y[held]) < M.nll(over[held], y[held]) - 0.1
-    assert M.expected_calibration_error(over[held] / t, y[held]) < M.expected_calibration_error(over[held], y[held])
+    assert M.expected_calibration_error(over[held] / t, y[held]) < M.expected_calibration_error(
+        over[held], y[held]
+    )
 
 
 def test_temperature_of_calibrated_logits_is_near_one():
@@ -150,7 +156,9 @@ def test_class_similarity_rows_and_cosine():
     sim = M.class_similarity(logits, labels)
     p = _softmax_np(logits.numpy())
     for c in range(6):
-        np.testing.assert_allclose(sim["mean_prob"][c], p[labels.numpy() == c].mean(axis=0), rtol=1e-9)
+        np.testing.assert_allclose(
+            sim["mean_prob"][c], p[labels.numpy() == c].mean(axis=0), rtol=1e-9
+        )
     np.testing.assert_allclose(sim["mean_prob"].sum(dim=1), 1.0, rtol=1e-9)
     np.testing.assert_allclose(torch.diagonal(sim["cosine"]), 1.0, rtol=1e-9)
     assert torch.allclose(sim["cosine"], sim["cosine"].T)
@@ -178,21 +186,29 @@ def test_reports_are_strict_json_with_absent_class():
 
 def test_predict_matches_forward_and_restores_mode():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3))
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3)
+    )
     x = torch.rand(10, 3, 2, 2)
     model.train()
     out = M.predict(model, x, batch_size=4)
     assert model.training
     model.eval()
     assert torch.allclose(out, model(x), atol=1e-6) and out.shape == (10, 3)
-    with pytest.raises(TypeError, match="x must be float images in \\[0, 1\\], got dtype torch.uint8"):
+    with pytest.raises(
+        TypeError, match="x must be float images in \\[0, 1\\], got dtype torch.uint8"
+    ):
         M.predict(model, (x * 255).to(torch.uint8))
 
 
 @pytest.mark.parametrize(
     "logits, labels, match",
     [
-        (torch.zeros(3, 4), torch.zeros(2, dtype=torch.long), r"expected logits \[N, K\] and labels \[N\]"),
+        (
+            torch.zeros(3, 4),
+            torch.zeros(2, dtype=torch.long),
+            r"expected logits \[N, K\] and labels \[N\]",
+        ),
         (torch.zeros(3, 4), torch.tensor([0, 1, 4]), r"labels must lie in \[0, 3\]"),
         (torch.zeros(3, 4), torch.zeros(3), "integer tensor"),
         (torch.full((2, 3), float("nan")), torch.tensor([0, 1]), "NaN or inf"),
@@ -212,23 +228,31 @@ def test_topk_and_bins_errors():
     assert M.calibration_report(logits, labels)["top5"] is None
 
 
-@pytest.mark.parametrize("conf, acc, verdict", [(0.99, 0.90, "over-confident"),
-                                                (0.80, 0.95, "under-confident"),
-                                                (0.91, 0.90, "calibrated"),
-                                                (0.885, 0.90, "calibrated")])
+@pytest.mark.parametrize(
+    "conf, acc, verdict",
+    [
+        (0.99, 0.90, "over-confident"),
+        (0.80, 0.95, "under-confident"),
+        (0.91, 0.90, "calibrated"),
+        (0.885, 0.90, "calibrated"),
+    ],
+)
 def test_confidence_verdict(conf, acc, verdict):
     assert M.confidence_verdict(conf, acc, tolerance=0.02) == verdict
     with pytest.raises(ValueError, match="tolerance must be >= 0"):
         M.confidence_verdict(conf, acc, tolerance=-0.1)
 
 
-@pytest.mark.parametrize("gaps, verdict", [
-    ([0.05], "over-confident"),                # one seed: confidence_verdict of that run
-    ([0.05, 0.06, 0.055], "over-confident"),   # far beyond the tolerance, small spread
-    ([-0.06, -0.05], "under-confident"),
-    ([0.001, -0.002, 0.0], "calibrated"),
-    ([0.05, -0.01], "unclear"),                # the seeds disagree
-])
+@pytest.mark.parametrize(
+    "gaps, verdict",
+    [
+        ([0.05], "over-confident"),  # one seed: confidence_verdict of that run
+        ([0.05, 0.06, 0.055], "over-confident"),  # far beyond the tolerance, small spread
+        ([-0.06, -0.05], "under-confident"),
+        ([0.001, -0.002, 0.0], "calibrated"),
+        ([0.05, -0.01], "unclear"),  # the seeds disagree
+    ],
+)
 def test_seed_verdict(gaps, verdict):
     out = M.seed_verdict(gaps, tolerance=0.02)
     assert out["verdict"] == verdict and out["n"] == len(gaps)
@@ -249,6 +273,7 @@ def test_teacher_side_names_no_teacher_within_the_margin():
 
 class _Bright(torch.nn.Module):
     """p(class 1) grows with the mean brightness of the left half: a model with a known answer."""
+
     num_classes = 2
 
     def forward(self, x):
@@ -262,8 +287,16 @@ def test_most_lopsided_pair_matches_a_naive_search():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(10, 1, 8, 8, generator=g)
     model = _Bright()
-    out = M.most_lopsided_pair(model, x, 1, grid=4, pr=0.5, generator=torch.Generator().manual_seed(3),
-                               n_pairs=16, batch_size=5)
+    out = M.most_lopsided_pair(
+        model,
+        x,
+        1,
+        grid=4,
+        pr=0.5,
+        generator=torch.Generator().manual_seed(3),
+        n_pairs=16,
+        batch_size=5,
+    )
     # independent: replay the same draws and score pair by pair
     g = torch.Generator().manual_seed(3)
     ia = torch.randint(0, 10, (16,), generator=g)
@@ -271,22 +304,46 @@ def test_most_lopsided_pair_matches_a_naive_search():
     d = draw_swap(16, 4, 0.5, generator=g)
     gaps = []
     for t in range(16):
-        a, b = apply_swap(x[ia[t]][None], x[ib[t]][None], type(d)(d.swapped[t:t + 1], d.cells[t:t + 1], 4))
+        a, b = apply_swap(
+            x[ia[t]][None], x[ib[t]][None], type(d)(d.swapped[t : t + 1], d.cells[t : t + 1], 4)
+        )
         p = model(torch.cat([a, b])).softmax(1)[:, 1]
         gaps.append(float((p[0] - p[1]).abs()))
     best = int(np.argmax(gaps))
-    assert (out.index_a, out.index_b) == (int(ia[best]), int(ib[best])) and out.index_a != out.index_b
+    assert (out.index_a, out.index_b) == (
+        int(ia[best]),
+        int(ib[best]),
+    ) and out.index_a != out.index_b
     assert torch.equal(out.decision.cells[0], d.cells[best]) and len(out.decision) == 1
     assert abs(out.p_a - out.p_b) == pytest.approx(max(gaps), abs=1e-6)
     assert out.gaps.tolist() == pytest.approx(gaps, abs=1e-6)
     assert (ia != ib).all()  # every pair joins two different images
     # swapped_only: the most lopsided among the pairs that drew a swap
-    out = M.most_lopsided_pair(model, x, 1, grid=4, pr=0.5, generator=torch.Generator().manual_seed(3),
-                               n_pairs=16, swapped_only=True)
+    out = M.most_lopsided_pair(
+        model,
+        x,
+        1,
+        grid=4,
+        pr=0.5,
+        generator=torch.Generator().manual_seed(3),
+        n_pairs=16,
+        swapped_only=True,
+    )
     best = max((t for t in range(16) if d.swapped[t]), key=lambda t: gaps[t])
-    assert bool(out.decision.swapped[0]) and (out.index_a, out.index_b) == (int(ia[best]), int(ib[best]))
-    none = M.most_lopsided_pair(model, x, 1, grid=4, pr=0.0, generator=torch.Generator().manual_seed(3),
-                                n_pairs=16, swapped_only=True)  # nothing swapped: every pair counts
+    assert bool(out.decision.swapped[0]) and (out.index_a, out.index_b) == (
+        int(ia[best]),
+        int(ib[best]),
+    )
+    none = M.most_lopsided_pair(
+        model,
+        x,
+        1,
+        grid=4,
+        pr=0.0,
+        generator=torch.Generator().manual_seed(3),
+        n_pairs=16,
+        swapped_only=True,
+    )  # nothing swapped: every pair counts
     assert not bool(none.decision.swapped[0])
 
 

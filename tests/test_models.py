@@ -1,4 +1,5 @@
 """Tests for ipskit.models: every registered model runs, trains and has a usable Grad-CAM layer."""
+
 import io
 import json
 
@@ -14,7 +15,9 @@ SHAPES = [(1, 16), (3, 32)]
 
 def _cam_output_size(model: Classifier, x: torch.Tensor) -> tuple:
     got = {}
-    handle = model.cam_layer.register_forward_hook(lambda m, i, o: got.__setitem__("shape", tuple(o.shape)))
+    handle = model.cam_layer.register_forward_hook(
+        lambda m, i, o: got.__setitem__("shape", tuple(o.shape))
+    )
     try:
         logits = model(x)
     finally:
@@ -50,14 +53,26 @@ def test_cam_sizes_match_a_real_forward_pass():
     names = model.cam_layer_names()
     assert names == ["backbone.layer1", "backbone.layer2", "backbone.layer3", "backbone.layer4"]
     seen = {}
-    hooks = [model.get_layer(n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, tuple(o.shape[-2:])))
-             for n in names]
+    hooks = [
+        model.get_layer(n).register_forward_hook(
+            lambda m, i, o, n=n: seen.__setitem__(n, tuple(o.shape[-2:]))
+        )
+        for n in names
+    ]
     with torch.no_grad():
         model(torch.rand(1, 3, 32, 32))
     for h in hooks:
         h.remove()
-    assert seen == {n: model.cam_layer_size(n) for n in names} == {
-        "backbone.layer1": (32, 32), "backbone.layer2": (16, 16), "backbone.layer3": (8, 8), "backbone.layer4": (4, 4)}
+    assert (
+        seen
+        == {n: model.cam_layer_size(n) for n in names}
+        == {
+            "backbone.layer1": (32, 32),
+            "backbone.layer2": (16, 16),
+            "backbone.layer3": (8, 8),
+            "backbone.layer4": (4, 4),
+        }
+    )
     assert model.cam_layer is model.backbone.layer4
     # at 8x8 ResNet-18's last stage is 1x1, whose CAM is constant: fall back to layer3
     assert build_model("resnet18", 10, 1, 8).cam_layer_names()[-1] == "backbone.layer4"
@@ -68,7 +83,9 @@ def test_cam_sizes_match_a_real_forward_pass():
 def test_get_layer_accepts_names_with_and_without_backbone_prefix():
     model = build_model("resnet8", 10, 1, 16)
     assert model.get_layer("layer2") is model.get_layer("backbone.layer2") is model.backbone.layer2
-    with pytest.raises(InputError, match=r"no layer named 'layer9' in resnet8; Grad-CAM choices: backbone.layer1, "):
+    with pytest.raises(
+        InputError, match=r"no layer named 'layer9' in resnet8; Grad-CAM choices: backbone.layer1, "
+    ):
         model.get_layer("layer9")
 
 
@@ -93,8 +110,14 @@ def test_normalisation_is_the_first_step():
 def test_state_dict_round_trip_keeps_mean_std_and_model_info():
     model = build_model("resnet8", 4, 1, 16, mean=[0.3], std=[0.2]).eval()
     info = json.loads(json.dumps(model.model_info))
-    assert info == {"name": "resnet8", "num_classes": 4, "in_channels": 1, "image_size": 16,
-                    "mean": [pytest.approx(0.3)], "std": [pytest.approx(0.2)]}
+    assert info == {
+        "name": "resnet8",
+        "num_classes": 4,
+        "in_channels": 1,
+        "image_size": 16,
+        "mean": [pytest.approx(0.3)],
+        "std": [pytest.approx(0.2)],
+    }
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "model_info": info}, buf)
     buf.seek(0)
@@ -108,16 +131,37 @@ def test_state_dict_round_trip_keeps_mean_std_and_model_info():
         assert torch.equal(fresh(x), model(x))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"name": "resnet99", "num_classes": 10}, r"unknown model 'resnet99'; choose one of: smallcnn, resnet8, .*shufflenetv2"),
-    ({"name": "resnet8", "num_classes": 1}, r"num_classes must be >= 2, got 1"),
-    ({"name": "resnet8", "num_classes": True}, r"num_classes must be an int, got bool True"),
-    ({"name": "resnet8", "num_classes": 10, "in_channels": 0}, r"in_channels must be >= 1, got 0"),
-    ({"name": "resnet8", "num_classes": 10, "mean": (0.5,)}, r"mean must be 3 finite value\(s\), one per channel, got \(0.5,\)"),
-    ({"name": "resnet8", "num_classes": 10, "mean": 0.5}, r"mean must be 3 finite value\(s\), one per channel, got 0.5"),
-    ({"name": "resnet8", "num_classes": 10, "std": (0.5, 0.0, 0.5)}, r"std must be 3 finite positive value\(s\)"),
-    ({"name": "resnet8", "num_classes": 10, "std": (0.5, float("inf"), 0.5)}, r"std must be 3 finite positive value\(s\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (
+            {"name": "resnet99", "num_classes": 10},
+            r"unknown model 'resnet99'; choose one of: smallcnn, resnet8, .*shufflenetv2",
+        ),
+        ({"name": "resnet8", "num_classes": 1}, r"num_classes must be >= 2, got 1"),
+        ({"name": "resnet8", "num_classes": True}, r"num_classes must be an int, got bool True"),
+        (
+            {"name": "resnet8", "num_classes": 10, "in_channels": 0},
+            r"in_channels must be >= 1, got 0",
+        ),
+        (
+            {"name": "resnet8", "num_classes": 10, "mean": (0.5,)},
+            r"mean must be 3 finite value\(s\), one per channel, got \(0.5,\)",
+        ),
+        (
+            {"name": "resnet8", "num_classes": 10, "mean": 0.5},
+            r"mean must be 3 finite value\(s\), one per channel, got 0.5",
+        ),
+        (
+            {"name": "resnet8", "num_classes": 10, "std": (0.5, 0.0, 0.5)},
+            r"std must be 3 finite positive value\(s\)",
+        ),
+        (
+            {"name": "resnet8", "num_classes": 10, "std": (0.5, float("inf"), 0.5)},
+            r"std must be 3 finite positive value\(s\)",
+        ),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(InputError, match=match):
         build_model(**kwargs)
@@ -133,7 +177,9 @@ def test_numpy_sizes_are_accepted_and_model_info_stays_json():
 
 def test_wrong_channel_count_is_a_clear_error():
     model = build_model("smallcnn", 10, 1, 16)
-    with pytest.raises(InputError, match=r"smallcnn expects images \[B, 1, H, W\], got shape \(2, 3, 16, 16\)"):
+    with pytest.raises(
+        InputError, match=r"smallcnn expects images \[B, 1, H, W\], got shape \(2, 3, 16, 16\)"
+    ):
         model(torch.rand(2, 3, 16, 16))
 
 

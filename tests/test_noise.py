@@ -55,7 +55,10 @@ def test_seeded_and_accepts_numpy():
     [
         ({"rate": 1.0}, r"rate must be in \[0, 1\)"),
         ({"rate": -0.1}, r"rate must be in \[0, 1\)"),
-        ({"rate": 0.2, "kind": "asym"}, r"unknown label-noise kind 'asym'; choose one of: symmetric, pairflip"),
+        (
+            {"rate": 0.2, "kind": "asym"},
+            r"unknown label-noise kind 'asym'; choose one of: symmetric, pairflip",
+        ),
         ({"rate": 0.2, "num_classes": 1}, r"num_classes must be >= 2 \(to flip labels\), got 1"),
         ({"rate": True}, "label-noise rate must be a number, got bool True"),
         ({"rate": 0.2, "seed": 1.5}, "seed must be an int, got float 1.5"),

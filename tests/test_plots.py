@@ -33,7 +33,9 @@ def test_backend_untouched_and_reliability():
     rep = metrics.calibration_report(z, y, n_bins=10)
     _png(plots.reliability_diagram(rep))
     _png(plots.reliability_diagram(metrics.reliability_data(z, y)))
-    fig = plots.reliability_diagrams({"sharp": rep, "soft": metrics.calibration_report(z / 3, y)}, ncols=2)
+    fig = plots.reliability_diagrams(
+        {"sharp": rep, "soft": metrics.calibration_report(z / 3, y)}, ncols=2
+    )
     _png(fig)
     assert "ECE" in fig.axes[0].get_title()
     assert matplotlib.get_backend() == backend
@@ -45,13 +47,24 @@ def test_backend_untouched_and_reliability():
 def test_histograms_from_logits_or_reports(kind):
     (a, ya), (b, yb) = _logits(0, 3.0), _logits(1, 0.5)
     _png(plots.confidence_histograms({"a": a, "b": b}, kind=kind))
-    _png(plots.confidence_histograms({"a": metrics.smoothing_report(a, ya), "b": metrics.smoothing_report(b, yb)}, kind=kind))
+    _png(
+        plots.confidence_histograms(
+            {"a": metrics.smoothing_report(a, ya), "b": metrics.smoothing_report(b, yb)}, kind=kind
+        )
+    )
     with pytest.raises(ValueError, match="kind must be 'max_prob' or 'entropy'"):
         plots.confidence_histograms({"a": a}, kind="margin")
 
 
 def test_curves():
-    _png(plots.fgsm_curves({"ce": {"epsilons": [0, 0.01, 0.02], "accuracy": [0.9, 0.6, 0.3]}, "ips": ([0, 0.01], [0.9, 0.7])}))
+    _png(
+        plots.fgsm_curves(
+            {
+                "ce": {"epsilons": [0, 0.01, 0.02], "accuracy": [0.9, 0.6, 0.3]},
+                "ips": ([0, 0.01], [0.9, 0.7]),
+            }
+        )
+    )
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
     x, y = torch.rand(20, 3, 8, 8), torch.randint(0, 4, (20,))
     res = corruption_accuracy(model, x, y, names=["contrast", "brightness"], severities=(1, 3))
@@ -69,7 +82,13 @@ def test_similarity_and_ablation_heatmaps():
     _png(plots.similarity_heatmap(rep["similarity"], class_names=list("abcde")))
     with pytest.raises(ValueError, match="matrix must be square"):
         plots.similarity_heatmap([[1, 2, 3]])
-    df = pd.DataFrame({"grid": [2, 2, 4, 4, 2], "pr": [0.25, 0.5, 0.25, 0.5, 0.25], "value": [0.8, 0.9, 0.7, 0.85, 0.6]})
+    df = pd.DataFrame(
+        {
+            "grid": [2, 2, 4, 4, 2],
+            "pr": [0.25, 0.5, 0.25, 0.5, 0.25],
+            "value": [0.8, 0.9, 0.7, 0.85, 0.6],
+        }
+    )
     fig = plots.ablation_heatmap(df)
     _png(fig)
     texts = [t.get_text() for t in fig.axes[0].texts]
@@ -79,7 +98,9 @@ def test_similarity_and_ablation_heatmaps():
     # lower-is-better metrics: reversed colours, so bright always means better
     assert fig.axes[0].images[0].get_cmap().name == "viridis"
     ece = plots.ablation_heatmap(df, lower_is_better=True, label="ECE")
-    assert ece.axes[0].images[0].get_cmap().name == "viridis_r" and ece.axes[1].get_ylabel() == "ECE"
+    assert (
+        ece.axes[0].images[0].get_cmap().name == "viridis_r" and ece.axes[1].get_ylabel() == "ECE"
+    )
     # a signed matrix: a diverging map centred at 0
     signed = plots.similarity_heatmap([[0.5, -2.0], [1.0, 0.0]], diverging=True, label="log ratio")
     assert signed.axes[0].images[0].get_clim() == (-2.0, 2.0)
@@ -98,28 +119,44 @@ def test_swap_pair_figure(channels):
     from ipskit.swap import apply_swap, draw_swap
 
     g = torch.Generator().manual_seed(0)
-    x_a, x_b = torch.rand(3, channels, 12, 12, generator=g), torch.rand(3, channels, 12, 12, generator=g)
+    x_a, x_b = (
+        torch.rand(3, channels, 12, 12, generator=g),
+        torch.rand(3, channels, 12, 12, generator=g),
+    )
     decision = draw_swap(3, grid=3, pr=0.7, generator=g)
     out_a, out_b = apply_swap(x_a, x_b, decision)
     fig = plots.swap_pair_figure(x_a, x_b, out_a, out_b, decision, max_pairs=2)
     _png(fig)
     n_cells = int(decision.cells[:2].sum())
-    assert sum(len(ax.patches) for ax in fig.axes) == 4 * n_cells  # every swapped cell marked in 4 panels
+    assert (
+        sum(len(ax.patches) for ax in fig.axes) == 4 * n_cells
+    )  # every swapped cell marked in 4 panels
     axes = np.array(fig.axes).reshape(2, 4)
     for i in range(2):
         before = [p for ax in axes[i, :2] for p in ax.patches]
         after = [p for ax in axes[i, 2:] for p in ax.patches]
         assert all(p.get_facecolor()[3] == 0 for p in before)  # before: a frame only, no tint
         assert all(p.get_facecolor()[3] > 0 for p in after)  # after: tinted
-        assert all(matplotlib.colors.to_hex(p.get_edgecolor()) == plots.SWAP_COLOR for p in before + after)
+        assert all(
+            matplotlib.colors.to_hex(p.get_edgecolor()) == plots.SWAP_COLOR for p in before + after
+        )
         assert axes[i, 0].get_title() == "a" and axes[i, 0].get_ylabel() == f"pair {i}"
-        assert axes[i, 2].get_title() == ("a after swap" if decision.swapped[i] else "a (no swap drawn)")
+        assert axes[i, 2].get_title() == (
+            "a after swap" if decision.swapped[i] else "a (no swap drawn)"
+        )
     with pytest.raises(ValueError, match="decision is for 3 pairs but the batch holds 2"):
         plots.swap_pair_figure(x_a[:2], x_b[:2], out_a[:2], out_b[:2], decision)
     one = type(decision)(decision.swapped[:1] & False, decision.cells[:1] & False, 3)
-    fig = plots.swap_pair_figure(x_a[:1], x_b[:1], x_a[:1], x_b[:1], one, notes=[("p 0.9", "p 0.4")])
+    fig = plots.swap_pair_figure(
+        x_a[:1], x_b[:1], x_a[:1], x_b[:1], one, notes=[("p 0.9", "p 0.4")]
+    )
     ax = fig.axes
-    assert [a.get_title() for a in ax] == ["a", "b", "a (no swap drawn)", "b (no swap drawn)"]  # no "pair 0:"
+    assert [a.get_title() for a in ax] == [
+        "a",
+        "b",
+        "a (no swap drawn)",
+        "b (no swap drawn)",
+    ]  # no "pair 0:"
     assert ax[0].get_xlabel() == "no cells swapped" and ax[2].get_xlabel() == "p 0.9"
     with pytest.raises(ValueError, match="one .* pair of texts per pair shown"):
         plots.swap_pair_figure(x_a[:1], x_b[:1], x_a[:1], x_b[:1], one, notes=[])
@@ -136,8 +173,9 @@ def test_pixel_helpers_for_image_lists():
     assert big.shape == (12, 20, 3) and (big[4:8, 8:12] == 255).all() and big[0:4, 8:12].max() == 0
     # 5 columns on a 2 x 2 grid: cell_index gives columns 0-2 to cell 0 and 3-4 to cell 1
     cells = np.array([[False, True], [False, False]])
-    out = plots.outline_cells(np.zeros((6 * 2, 5 * 2, 3), np.uint8), cells, scale=2,
-                              color=(255, 0, 0), thickness=1)
+    out = plots.outline_cells(
+        np.zeros((6 * 2, 5 * 2, 3), np.uint8), cells, scale=2, color=(255, 0, 0), thickness=1
+    )
     red = (out == [255, 0, 0]).all(axis=2)
     rows, cols = np.nonzero(red)
     assert cols.min() == 6 and cols.max() == 9 and rows.min() == 0 and rows.max() == 5
@@ -149,7 +187,9 @@ def test_pixel_helpers_for_image_lists():
 
 
 def test_ablation_heatmap_shows_the_seed_spread_and_centres_on_the_baseline():
-    df = pd.DataFrame({"grid": [2, 2, 2, 4], "pr": [0.5, 0.5, 1.0, 0.5], "acc": [0.14, 0.16, 0.15, 0.152]})
+    df = pd.DataFrame(
+        {"grid": [2, 2, 2, 4], "pr": [0.5, 0.5, 1.0, 0.5], "acc": [0.14, 0.16, 0.15, 0.152]}
+    )
     fig = plots.ablation_heatmap(df, value="acc", baseline=0.15, baseline_label="CE")
     texts = sorted(t.get_text() for t in fig.axes[0].texts)
     assert texts == ["0.150", "0.150\n± 0.014", "0.152"]  # the sd only where seeds repeat
@@ -164,7 +204,9 @@ def test_ablation_heatmap_shows_the_seed_spread_and_centres_on_the_baseline():
 
 
 def test_colour_limits():
-    assert plots.colour_limits([0.14, 0.16], [0.001, 0.001], centre=0.15) == pytest.approx((0.14, 0.16))
+    assert plots.colour_limits([0.14, 0.16], [0.001, 0.001], centre=0.15) == pytest.approx(
+        (0.14, 0.16)
+    )
     # a spread wider than the data: the scale is at least 4 sd wide, so noise looks pale
     lo, hi = plots.colour_limits([0.149, 0.151], [0.01, np.nan])
     assert hi - lo == pytest.approx(0.04)
@@ -183,7 +225,9 @@ def test_reliability_greys_sparse_bins_and_counts_every_bin():
         grey = bar.get_facecolor()[:3] == matplotlib.colors.to_rgb("lightgrey")
         assert grey == (n < 15)
     heights = [b.get_height() for b in ax_n.patches]
-    assert [h for h in heights if not np.isnan(h)] == [n for n in counts if n > 0]  # empty bins left out
+    assert [h for h in heights if not np.isnan(h)] == [
+        n for n in counts if n > 0
+    ]  # empty bins left out
     assert ax_n.get_yscale() == "log"
     assert not fig.axes[0].get_legend()  # the legend is the figure's, outside the diagrams
     assert fig.legends
@@ -210,8 +254,18 @@ def test_similarity_heatmap_log_scale():
 
 
 def test_run_curves_fit_each_axis_and_put_legends_outside():
-    rows = [{"epoch": e, "train_acc": 0.97 + e / 1000, "test_acc": 0.99 + e / 1000, "train_loss": 1 / e,
-             "test_loss": 0.5 / e, "ece": 0.02, "mean_max_prob": 0.98} for e in range(1, 6)]
+    rows = [
+        {
+            "epoch": e,
+            "train_acc": 0.97 + e / 1000,
+            "test_acc": 0.99 + e / 1000,
+            "train_loss": 1 / e,
+            "test_loss": 0.5 / e,
+            "ece": 0.02,
+            "mean_max_prob": 0.98,
+        }
+        for e in range(1, 6)
+    ]
     fig = plots.run_curves(rows)
     _png(fig)
     acc = fig.axes[0]
@@ -243,5 +297,7 @@ def test_pair_probabilities_and_image_rows():
 
 def test_one_colour_for_swapped_cells():
     assert plots.SWAP_RGB == (255, 0, 255)
-    out = plots.outline_cells(np.zeros((4, 4, 3), np.uint8), np.array([[True, False], [False, False]]))
+    out = plots.outline_cells(
+        np.zeros((4, 4, 3), np.uint8), np.array([[True, False], [False, False]])
+    )
     assert tuple(out[0, 0]) == plots.SWAP_RGB

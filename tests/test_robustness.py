@@ -32,7 +32,9 @@ def trained(digits):
     """A small MLP trained full-batch on sklearn digits for about a second."""
     x_tr, y_tr, _, _ = digits
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
         opt.zero_grad()
@@ -94,13 +96,16 @@ def test_pgd_is_at_least_as_strong_as_fgsm(trained, digits):
     assert acc_pgd <= acc_fgsm + 0.01
 
 
-@pytest.mark.parametrize("bad, match", [
-    (-0.01, r"must be in \[0, 1\], got -0.01"),
-    (1.5, r"must be in \[0, 1\], got 1.5"),
-    (float("nan"), "must be a finite number, got nan"),
-    ("0.1", "must be a number, got str '0.1'"),
-    (True, "must be a number, got bool True"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (-0.01, r"must be in \[0, 1\], got -0.01"),
+        (1.5, r"must be in \[0, 1\], got 1.5"),
+        (float("nan"), "must be a finite number, got nan"),
+        ("0.1", "must be a number, got str '0.1'"),
+        (True, "must be a number, got bool True"),
+    ],
+)
 def test_epsilon_outside_unit_interval(trained, digits, bad, match):
     _, _, x, y = digits
     with pytest.raises(InputError, match=r"epsilon \(pixel units of a \[0, 1\] image\) " + match):
@@ -144,7 +149,13 @@ def test_corruption_close_at_severity1_and_ordered(name, channels):
 def test_corruption_count_and_reproducibility():
     assert len(CORRUPTIONS) >= 10
     x = _images(3)
-    for name in ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "elastic_transform"):
+    for name in (
+        "gaussian_noise",
+        "shot_noise",
+        "impulse_noise",
+        "speckle_noise",
+        "elastic_transform",
+    ):
         a = corrupt(x, name, 3, torch.Generator().manual_seed(5))
         b = corrupt(x, name, 3, torch.Generator().manual_seed(5))
         c = corrupt(x, name, 3, torch.Generator().manual_seed(6))
@@ -153,15 +164,21 @@ def test_corruption_count_and_reproducibility():
 
 def test_corruption_references():
     x = _images(1)
-    assert torch.allclose(corrupt(x, "brightness", 2), (x + 0.1).clamp(0, 1), atol=1e-6)  # gray: V = x
+    assert torch.allclose(
+        corrupt(x, "brightness", 2), (x + 0.1).clamp(0, 1), atol=1e-6
+    )  # gray: V = x
     m = x.mean(dim=(2, 3), keepdim=True)
     assert torch.allclose(corrupt(x, "contrast", 2), ((x - m) * 0.5 + m).clamp(0, 1), atol=1e-6)
     p = corrupt(x, "pixelate", 5)
     assert torch.allclose(corrupt(p, "pixelate", 5), p, atol=1e-5)  # a projection: idempotent
-    assert torch.allclose(p.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=1e-5)  # block averages keep the mean
+    assert torch.allclose(
+        p.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=1e-5
+    )  # block averages keep the mean
     const = torch.full((2, 3, 16, 16), 0.4)
     for name in ("gaussian_blur", "defocus_blur", "elastic_transform"):
-        assert torch.allclose(corrupt(const, name, 5, torch.Generator().manual_seed(0)), const, atol=1e-5), name
+        assert torch.allclose(
+            corrupt(const, name, 5, torch.Generator().manual_seed(0)), const, atol=1e-5
+        ), name
     assert (corrupt(const, "jpeg_compression", 5) - const).abs().max() < 2 / 255
 
 
@@ -169,15 +186,23 @@ def test_brightness_keeps_hue_on_colour():
     x = torch.tensor([0.2, 0.4, 0.1]).view(1, 3, 1, 1).expand(1, 3, 4, 4).contiguous()
     out = corrupt(x, "brightness", 3)
     assert torch.allclose(out.amax(dim=1), torch.full((1, 4, 4), 0.55), atol=1e-6)
-    assert torch.allclose(out / out.amax(dim=1, keepdim=True), x / x.amax(dim=1, keepdim=True), atol=1e-6)
+    assert torch.allclose(
+        out / out.amax(dim=1, keepdim=True), x / x.amax(dim=1, keepdim=True), atol=1e-6
+    )
 
 
 def test_corruption_errors():
     x = _images(3)[:2]
-    with pytest.raises(InputError, match="unknown corruption 'fog'; known corruptions: gaussian_noise, shot_noise"):
+    with pytest.raises(
+        InputError, match="unknown corruption 'fog'; known corruptions: gaussian_noise, shot_noise"
+    ):
         corrupt(x, "fog", 1)
-    for bad, match in ((0, "must be >= 1 and <= 5, got 0"), (6, "must be >= 1 and <= 5, got 6"),
-                       (2.0, "must be an int, got float 2.0"), (True, "must be an int, got bool True")):
+    for bad, match in (
+        (0, "must be >= 1 and <= 5, got 0"),
+        (6, "must be >= 1 and <= 5, got 6"),
+        (2.0, "must be an int, got float 2.0"),
+        (True, "must be an int, got bool True"),
+    ):
         with pytest.raises(InputError, match="corruption severity " + match):
             corrupt(x, "contrast", bad)
     assert torch.equal(corrupt(x, "contrast", np.int64(2)), corrupt(x, "contrast", 2))
@@ -185,7 +210,9 @@ def test_corruption_errors():
         corrupt(torch.rand(2, 2, 8, 8), "contrast", 1)
     with pytest.raises(InputError, match=r"x must be in \[0, 1\]"):
         corrupt(x * 255, "contrast", 1)
-    with pytest.raises(InputError, match="x must be a float tensor in \\[0, 1\\], got dtype torch.uint8"):
+    with pytest.raises(
+        InputError, match="x must be a float tensor in \\[0, 1\\], got dtype torch.uint8"
+    ):
         corrupt((x * 255).to(torch.uint8), "contrast", 1)
 
 
@@ -199,8 +226,12 @@ def test_corruption_accuracy_structure(trained, digits):
     cells = [a for row in res["accuracy"].values() for a in row.values()]
     assert res["mean_corruption_accuracy"] == pytest.approx(np.mean(cells))
     assert res["accuracy"]["gaussian_noise"]["5"] <= res["accuracy"]["gaussian_noise"]["1"] + 0.02
-    again = corruption_accuracy(trained, x, y, names=names[:1], severities=(1, 5), seed=0, batch_size=64)
-    assert again["accuracy"]["gaussian_noise"] == res["accuracy"]["gaussian_noise"]  # per-cell seeds
+    again = corruption_accuracy(
+        trained, x, y, names=names[:1], severities=(1, 5), seed=0, batch_size=64
+    )
+    assert (
+        again["accuracy"]["gaussian_noise"] == res["accuracy"]["gaussian_noise"]
+    )  # per-cell seeds
     with pytest.raises(InputError, match="unknown corruption 'nope'"):
         corruption_accuracy(trained, x, y, names=["nope"])
     with pytest.raises(InputError, match="corruption severity must be >= 1 and <= 5, got 6"):
@@ -228,7 +259,10 @@ def test_load_cifar_c_block(tmp_path):
 
 def test_load_cifar_c_errors(tmp_path):
     _write_cifar_c(tmp_path, shape=(7, 32, 32, 3))
-    with pytest.raises(ValueError, match=r"fog.npy has shape \(7, 32, 32, 3\) dtype uint8; expected uint8 \[5n, 32, 32, 3\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"fog.npy has shape \(7, 32, 32, 3\) dtype uint8; expected uint8 \[5n, 32, 32, 3\]",
+    ):
         load_cifar_c(tmp_path, "fog", 1)
     _write_cifar_c(tmp_path, shape=(10, 32, 32))
     with pytest.raises(ValueError, match="expected uint8"):

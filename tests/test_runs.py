@@ -1,12 +1,13 @@
 """Tests for ipskit.runs: atomic writes, reading runs back, and loading a trained model."""
+
 import json
 
 import pytest
 import torch
+from train_helpers import cache_datasets, tiny
 
 from ipskit import runs
 from ipskit.train import fit
-from train_helpers import cache_datasets, tiny
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,7 @@ def test_atomic_json_and_failed_write_keeps_old(tmp_path, monkeypatch):
 
     def broken_dumps(*a, **k):
         raise RuntimeError("disk full")
+
     monkeypatch.setattr(runs.json, "dumps", broken_dumps)
     with pytest.raises(RuntimeError):
         runs.atomic_write_json(path, {"x": 2})
@@ -108,8 +110,13 @@ def test_load_model_errors(trained, tmp_path):
 def test_export_run_keeps_the_numbers_and_the_weights_only(trained, tmp_path):
     _, run_dir, _ = trained
     dest = runs.export_run(run_dir, tmp_path / "shipped" / "ips")
-    assert {p.name for p in dest.iterdir()} == {"config.json", "metrics.jsonl", "summary.json",
-                                               "env.json", "checkpoint.pt"}
+    assert {p.name for p in dest.iterdir()} == {
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "env.json",
+        "checkpoint.pt",
+    }
     assert runs.read_json(dest / "summary.json") == runs.read_json(run_dir / "summary.json")
     slim = torch.load(dest / "checkpoint.pt", weights_only=True)
     assert slim["model_only"] and "optimizer" not in slim
@@ -135,7 +142,7 @@ def test_test_sample_round_trip_and_lookup(tmp_path):
     assert (back["x"] == x.numpy()).all() and back["y"].tolist() == y.tolist()
     assert back["classes"] == ["cat", "dog", "frog"]
     (tmp_path / "ips").mkdir()
-    assert runs.find_test_sample(tmp_path / "ips") == path   # the folder above the run
+    assert runs.find_test_sample(tmp_path / "ips") == path  # the folder above the run
     assert runs.find_test_sample(tmp_path.parent) is None
     with pytest.raises(ValueError, match="uint8"):
         runs.write_test_sample(tmp_path / "bad.npz", x.float(), y, ["a"])
@@ -144,15 +151,19 @@ def test_test_sample_round_trip_and_lookup(tmp_path):
         runs.read_test_sample(tmp_path / "junk.npz")
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("config.json", b"[1]", "config.json holds a JSON list, not the object ipskit writes"),
-    ("summary.json", b'"done"', "summary.json holds a JSON str"),
-    ("summary.json", b"\xff\xfe{}", "summary.json is not UTF-8 text"),
-    ("metrics.jsonl", b'{"epoch": 1}\n[2]\n', "metrics.jsonl line 2 holds a JSON list"),
-    ("eval.json", b'{"calibration": ', "eval.json is not valid JSON"),
-])
-def test_a_broken_run_is_listed_as_broken_and_never_hides_the_others(trained, tmp_path, name,
-                                                                     content, message):
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("config.json", b"[1]", "config.json holds a JSON list, not the object ipskit writes"),
+        ("summary.json", b'"done"', "summary.json holds a JSON str"),
+        ("summary.json", b"\xff\xfe{}", "summary.json is not UTF-8 text"),
+        ("metrics.jsonl", b'{"epoch": 1}\n[2]\n', "metrics.jsonl line 2 holds a JSON list"),
+        ("eval.json", b'{"calibration": ', "eval.json is not valid JSON"),
+    ],
+)
+def test_a_broken_run_is_listed_as_broken_and_never_hides_the_others(
+    trained, tmp_path, name, content, message
+):
     _, run_dir, _ = trained
     root = tmp_path / "runs"
     for run in ("good", "bad"):

@@ -1,5 +1,6 @@
 """Tests for ipskit.swap: reference, invariants, statistics, determinism, bad input, and the op
 budget of the per-batch random ops (swap, augmentation, mixers: few kernels, no host sync)."""
+
 import math
 from collections import Counter
 
@@ -35,13 +36,18 @@ def reference_swap(x_a, x_b, cells):
 def batch(B=8, C=3, H=12, W=12, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     if dtype == torch.uint8:
-        return (torch.randint(0, 256, (B, C, H, W), generator=g, dtype=torch.uint8),
-                torch.randint(0, 256, (B, C, H, W), generator=g, dtype=torch.uint8))
-    return torch.rand(B, C, H, W, generator=g).to(dtype), torch.rand(B, C, H, W, generator=g).to(dtype)
+        return (
+            torch.randint(0, 256, (B, C, H, W), generator=g, dtype=torch.uint8),
+            torch.randint(0, 256, (B, C, H, W), generator=g, dtype=torch.uint8),
+        )
+    return torch.rand(B, C, H, W, generator=g).to(dtype), torch.rand(B, C, H, W, generator=g).to(
+        dtype
+    )
 
 
-@pytest.mark.parametrize("H,W,grid", [(12, 12, 4), (8, 8, 8), (7, 10, 3), (32, 32, 8), (5, 9, 5),
-                                      (224, 224, 2)])
+@pytest.mark.parametrize(
+    "H,W,grid", [(12, 12, 4), (8, 8, 8), (7, 10, 3), (32, 32, 8), (5, 9, 5), (224, 224, 2)]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bfloat16])
 def test_matches_reference_loop(H, W, grid, dtype):
     # One decision, applied by ipskit and by the loop.
@@ -52,16 +58,20 @@ def test_matches_reference_loop(H, W, grid, dtype):
     assert torch.equal(out_a, ref_a) and torch.equal(out_b, ref_b)
     assert out_a.dtype == dtype
     # patch_swap is that draw then that application, from the same generator state
-    one_a, one_b, one_d = patch_swap(x_a, x_b, grid=grid, pr=0.7,
-                                     generator=torch.Generator().manual_seed(1))
+    one_a, one_b, one_d = patch_swap(
+        x_a, x_b, grid=grid, pr=0.7, generator=torch.Generator().manual_seed(1)
+    )
     assert torch.equal(one_d.cells, d.cells) and torch.equal(one_d.swapped, d.swapped)
     assert torch.equal(one_a, out_a) and torch.equal(one_b, out_b)
 
 
 @pytest.mark.parametrize("H,W,grid", [(7, 10, 3), (33, 31, 4), (16, 16, 3)])
 def test_every_pixel_in_exactly_one_cell_and_sizes_differ_by_one(H, W, grid):
-    d = SwapDecision(torch.ones(grid * grid, dtype=torch.bool),
-                     torch.eye(grid * grid, dtype=torch.bool).view(-1, grid, grid), grid)
+    d = SwapDecision(
+        torch.ones(grid * grid, dtype=torch.bool),
+        torch.eye(grid * grid, dtype=torch.bool).view(-1, grid, grid),
+        grid,
+    )
     masks = pixel_mask(d, H, W)[:, 0]  # one mask per single cell
     assert torch.equal(masks.sum(0), torch.ones(H, W, dtype=torch.long))  # a partition, no gap
     sizes = masks.flatten(1).sum(1)
@@ -73,7 +83,9 @@ def test_every_pixel_in_exactly_one_cell_and_sizes_differ_by_one(H, W, grid):
 
 def test_pixels_conserved_and_follow_mask():
     x_a, x_b = batch(B=16, H=10, W=14)
-    out_a, out_b, d = patch_swap(x_a, x_b, grid=3, pr=0.5, generator=torch.Generator().manual_seed(3))
+    out_a, out_b, d = patch_swap(
+        x_a, x_b, grid=3, pr=0.5, generator=torch.Generator().manual_seed(3)
+    )
     m = d.pixel_mask(10, 14)
     # the pair of values at every position is the same multiset before and after
     assert torch.equal(torch.minimum(out_a, out_b), torch.minimum(x_a, x_b))
@@ -145,11 +157,13 @@ def test_given_k_every_subset_of_cells_is_equally_likely():
         assert ((used - len(ids) * p).abs() < 4 * se).all(), (size, used)
 
 
-@pytest.mark.parametrize("pr, fraction", [(0.0, None), (0.4, None), (1.0, None), (1e-3, None),
-                                          (0.4, 0.25), (1.0, 0.5)])
+@pytest.mark.parametrize(
+    "pr, fraction", [(0.0, None), (0.4, None), (1.0, None), (1e-3, None), (0.4, 0.25), (1.0, 0.5)]
+)
 def test_swapped_exactly_when_some_cell_is_and_never_all_cells(pr, fraction):
-    d = draw_swap(5000, grid=4, pr=pr, swap_fraction=fraction,
-                  generator=torch.Generator().manual_seed(8))
+    d = draw_swap(
+        5000, grid=4, pr=pr, swap_fraction=fraction, generator=torch.Generator().manual_seed(8)
+    )
     assert torch.equal(d.swapped, d.num_swapped > 0)
     assert d.num_swapped.max() <= 15
     assert d.swapped.dtype == torch.bool and d.swapped.shape == (5000,)
@@ -161,7 +175,9 @@ def test_swapped_exactly_when_some_cell_is_and_never_all_cells(pr, fraction):
 
 
 def test_swap_fraction_option_fixes_k():
-    d = draw_swap(100, grid=4, pr=1.0, swap_fraction=0.25, generator=torch.Generator().manual_seed(0))
+    d = draw_swap(
+        100, grid=4, pr=1.0, swap_fraction=0.25, generator=torch.Generator().manual_seed(0)
+    )
     assert (d.num_swapped == 4).all()
     d = draw_swap(10, grid=2, pr=1.0, swap_fraction=0.99)
     assert (d.num_swapped == 3).all()  # clipped: never all cells
@@ -196,23 +212,34 @@ def test_gradients_flow_through_swap():
     assert torch.equal(x_a.grad, torch.where(m, 2.0, 1.0))
 
 
-@pytest.mark.parametrize("kwargs,err,match", [
-    (dict(grid=4, patch_size=2), ValueError, "exactly one of grid and patch_size"),
-    (dict(), ValueError, "exactly one of grid and patch_size"),
-    (dict(grid=1), ValueError, "single cell: nothing can be swapped"),
-    (dict(grid=0), ValueError, r"grid must be >= 2 .*got 0"),
-    (dict(grid=13), ValueError, r"more cells per side than the 12x12 image"),
-    (dict(grid=2.0), TypeError, "grid must be an int, got float"),
-    (dict(grid=True), TypeError, "grid must be an int, got bool"),
-    (dict(patch_size=5), ValueError, r"patch_size 5 does not split a 12x12 image"),
-    (dict(patch_size=12), ValueError, r"patch_size 12 makes a 12x12 image a single cell"),
-    (dict(patch_size=0), ValueError, r"patch_size must be >= 1 \(pixels per cell side\), got 0"),
-    (dict(grid=4, pr=1.5), ValueError, r"pr .* must be in \[0, 1\], got 1.5"),
-    (dict(grid=4, pr=-0.1), ValueError, r"in \[0, 1\], got -0.1"),
-    (dict(grid=4, pr=True), ValueError, r"pr .* must be a number, got bool True"),
-    (dict(grid=4, pr=float("nan")), ValueError, r"pr .* must be a finite number, got nan"),
-    (dict(grid=4, swap_fraction=0.0), ValueError, r"swap_fraction must be in \(0, 1\), got 0.0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,err,match",
+    [
+        (dict(grid=4, patch_size=2), ValueError, "exactly one of grid and patch_size"),
+        (dict(), ValueError, "exactly one of grid and patch_size"),
+        (dict(grid=1), ValueError, "single cell: nothing can be swapped"),
+        (dict(grid=0), ValueError, r"grid must be >= 2 .*got 0"),
+        (dict(grid=13), ValueError, r"more cells per side than the 12x12 image"),
+        (dict(grid=2.0), TypeError, "grid must be an int, got float"),
+        (dict(grid=True), TypeError, "grid must be an int, got bool"),
+        (dict(patch_size=5), ValueError, r"patch_size 5 does not split a 12x12 image"),
+        (dict(patch_size=12), ValueError, r"patch_size 12 makes a 12x12 image a single cell"),
+        (
+            dict(patch_size=0),
+            ValueError,
+            r"patch_size must be >= 1 \(pixels per cell side\), got 0",
+        ),
+        (dict(grid=4, pr=1.5), ValueError, r"pr .* must be in \[0, 1\], got 1.5"),
+        (dict(grid=4, pr=-0.1), ValueError, r"in \[0, 1\], got -0.1"),
+        (dict(grid=4, pr=True), ValueError, r"pr .* must be a number, got bool True"),
+        (dict(grid=4, pr=float("nan")), ValueError, r"pr .* must be a finite number, got nan"),
+        (
+            dict(grid=4, swap_fraction=0.0),
+            ValueError,
+            r"swap_fraction must be in \(0, 1\), got 0.0",
+        ),
+    ],
+)
 def test_bad_settings(kwargs, err, match):
     x_a, x_b = batch()
     with pytest.raises(err, match=match) as info:
@@ -254,27 +281,47 @@ def test_numpy_scalars_are_accepted_and_give_the_same_swap():
     x_a, x_b = batch(H=16, W=16)
     ref = patch_swap(x_a, x_b, grid=4, pr=0.5, generator=torch.Generator().manual_seed(5))
     for out in (
-        patch_swap(x_a, x_b, grid=np.int64(4), pr=np.float32(0.5),
-                   generator=torch.Generator().manual_seed(5)),
-        patch_swap(x_a, x_b, patch_size=np.int32(4), pr=np.float64(0.5),
-                   generator=torch.Generator().manual_seed(5)),
-        PatchSwap(grid=np.int64(4), pr=np.float32(0.5))(x_a, x_b,
-                                                        torch.Generator().manual_seed(5)),
+        patch_swap(
+            x_a,
+            x_b,
+            grid=np.int64(4),
+            pr=np.float32(0.5),
+            generator=torch.Generator().manual_seed(5),
+        ),
+        patch_swap(
+            x_a,
+            x_b,
+            patch_size=np.int32(4),
+            pr=np.float64(0.5),
+            generator=torch.Generator().manual_seed(5),
+        ),
+        PatchSwap(grid=np.int64(4), pr=np.float32(0.5))(x_a, x_b, torch.Generator().manual_seed(5)),
     ):
         assert torch.equal(out[0], ref[0]) and torch.equal(out[2].cells, ref[2].cells)
-    d = draw_swap(np.int64(8), np.int64(4), np.float32(0.5), torch.Generator().manual_seed(5),
-                  swap_fraction=np.float32(0.25))
+    d = draw_swap(
+        np.int64(8),
+        np.int64(4),
+        np.float32(0.5),
+        torch.Generator().manual_seed(5),
+        swap_fraction=np.float32(0.25),
+    )
     assert type(d.grid) is int and (d.num_swapped[d.swapped] == 4).all()
-    assert torch.equal(draw_swap(8, 4, 0.5, torch.Generator().manual_seed(5)).cells,
-                       draw_swap(np.int64(8), np.int64(4), np.float32(0.5),
-                                 torch.Generator().manual_seed(5)).cells)
+    assert torch.equal(
+        draw_swap(8, 4, 0.5, torch.Generator().manual_seed(5)).cells,
+        draw_swap(
+            np.int64(8), np.int64(4), np.float32(0.5), torch.Generator().manual_seed(5)
+        ).cells,
+    )
 
 
-@pytest.mark.parametrize("call", [
-    lambda x_a, x_b, g: patch_swap(x_a, x_b, grid=4, generator=g),
-    lambda x_a, x_b, g: PatchSwap(grid=4)(x_a, x_b, generator=g),
-    lambda x_a, x_b, g: draw_swap(8, 4, generator=g),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x_a, x_b, g: patch_swap(x_a, x_b, grid=4, generator=g),
+        lambda x_a, x_b, g: PatchSwap(grid=4)(x_a, x_b, generator=g),
+        lambda x_a, x_b, g: draw_swap(8, 4, generator=g),
+    ],
+)
 def test_a_generator_must_be_a_torch_generator(call):
     x_a, x_b = batch()
     with pytest.raises(InputError, match="generator must be a torch.Generator or None, got int 0"):
@@ -300,7 +347,9 @@ def test_ips_step_checks_the_swap_settings_once(monkeypatch):
     x, y = torch.cat([x_a, x_b]), torch.tensor([0, 1, 2, 0] * 2)
     for seed in range(3):
         method.step(model, x, y, torch.Generator().manual_seed(seed))
-        ref_a, ref_b, _ = patch_swap(x_a, x_b, grid=2, pr=1.0, generator=torch.Generator().manual_seed(seed))
+        ref_a, ref_b, _ = patch_swap(
+            x_a, x_b, grid=2, pr=1.0, generator=torch.Generator().manual_seed(seed)
+        )
         assert torch.equal(seen[-1], torch.cat([ref_a, ref_b]))
     assert len(calls) == 3  # the three reference patch_swap calls, none from IPS.step
 
@@ -310,9 +359,17 @@ def test_ips_step_checks_the_swap_settings_once(monkeypatch):
 # that compute something; views (reshape, unsqueeze, select) only change metadata and are not
 # counted. A sync is an op that needs a value or a size from the device: .item(), bool(t), int(t),
 # nonzero(), boolean indexing.
-_SYNC_OPS = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.equal",
-             "aten.unique", "aten._unique", "aten._unique2", "aten.unique_consecutive",
-             "aten.unique_dim"}
+_SYNC_OPS = {
+    "aten._local_scalar_dense",
+    "aten.nonzero",
+    "aten.masked_select",
+    "aten.equal",
+    "aten.unique",
+    "aten._unique",
+    "aten._unique2",
+    "aten.unique_consecutive",
+    "aten.unique_dim",
+}
 
 
 class _AtenCalls(TorchDispatchMode):
@@ -341,9 +398,11 @@ def _count(fn) -> _AtenCalls:
 def test_patch_swap_is_at_most_10_kernels_and_never_syncs():
     x_a, x_b = batch(B=64, H=32, W=32)
     gen = torch.Generator().manual_seed(0)
-    for call in (lambda: patch_swap(x_a, x_b, grid=8, pr=0.5, generator=gen),
-                 lambda: patch_swap(x_a, x_b, grid=3, pr=1.0, generator=gen, swap_fraction=0.3),
-                 lambda: PatchSwap(patch_size=4)(x_a, x_b, generator=gen)):
+    for call in (
+        lambda: patch_swap(x_a, x_b, grid=8, pr=0.5, generator=gen),
+        lambda: patch_swap(x_a, x_b, grid=3, pr=1.0, generator=gen, swap_fraction=0.3),
+        lambda: PatchSwap(patch_size=4)(x_a, x_b, generator=gen),
+    ):
         calls = _count(call)
         assert sum(calls.kernels.values()) <= 10, calls.kernels
         assert not calls.syncs, calls.syncs
@@ -435,17 +494,32 @@ def test_cutmix_boxes_and_mix_rate_are_distributed_as_torchvision_draws_them(h, 
     assert abs(mixed.mean().item() - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
 
     def ks(a, b):  # two-sample Kolmogorov-Smirnov distance
-        a, b = torch.tensor(a, dtype=torch.float64).sort().values, torch.tensor(b, dtype=torch.float64).sort().values
+        a, b = (
+            torch.tensor(a, dtype=torch.float64).sort().values,
+            torch.tensor(b, dtype=torch.float64).sort().values,
+        )
         grid = torch.cat([a, b])
-        return (torch.searchsorted(a, grid, right=True) / len(a)
-                - torch.searchsorted(b, grid, right=True) / len(b)).abs().max().item()
+        return (
+            (
+                torch.searchsorted(a, grid, right=True) / len(a)
+                - torch.searchsorted(b, grid, right=True) / len(b)
+            )
+            .abs()
+            .max()
+            .item()
+        )
 
     m = int(mixed.sum())
     ours_mixed = [p for p in ours if p["lam_adjusted"] < 1]
     theirs_mixed = [p for p in theirs if p["lam_adjusted"] < 1]
     crit = 1.95 * math.sqrt((m + len(theirs_mixed)) / (m * len(theirs_mixed)))  # alpha = 0.001
-    for field in (lambda p: p["lam_adjusted"], lambda p: p["box"][0], lambda p: p["box"][1],
-                  lambda p: p["box"][2] - p["box"][0], lambda p: p["box"][3] - p["box"][1]):
+    for field in (
+        lambda p: p["lam_adjusted"],
+        lambda p: p["box"][0],
+        lambda p: p["box"][1],
+        lambda p: p["box"][2] - p["box"][0],
+        lambda p: p["box"][3] - p["box"][1],
+    ):
         assert ks([field(p) for p in ours_mixed], [field(p) for p in theirs_mixed]) < crit
 
 

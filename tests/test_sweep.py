@@ -1,4 +1,5 @@
 """Tests for ipskit.sweep: one tidy CSV, resumable without recomputation, and the demo."""
+
 import csv
 from pathlib import Path
 
@@ -9,8 +10,14 @@ from ipskit.cli import main
 from ipskit.runs import list_runs
 from ipskit.sweep import cell_summary, format_table, read_results, run_demo, run_sweep, sweep_cells
 
-TINY = dict(model=["smallcnn"], image_size=[8], epochs=[1], batch_size=[32],
-            max_train_samples=[200], grid=[2])
+TINY = dict(
+    model=["smallcnn"],
+    image_size=[8],
+    epochs=[1],
+    batch_size=[32],
+    max_train_samples=[200],
+    grid=[2],
+)
 
 
 pytestmark = pytest.mark.usefixtures("cached_datasets")
@@ -22,8 +29,9 @@ def _read(path):
 
 
 def test_cells_are_the_product_of_the_axes():
-    cells = sweep_cells({"method": ["ips"], "grid": [2, 4], "pr": [0.25, 0.5, 0.75],
-                         "seed": [0]}, "g")
+    cells = sweep_cells(
+        {"method": ["ips"], "grid": [2, 4], "pr": [0.25, 0.5, 0.75], "seed": [0]}, "g"
+    )
     assert len(cells) == 6
     assert cells[0][0] == {"grid": 2, "pr": 0.25} and cells[0][1].name == "g/grid=2_pr=0.25"
     assert all(c.method == "ips" and c.seed == 0 for _, c in cells)
@@ -32,14 +40,23 @@ def test_cells_are_the_product_of_the_axes():
 
 
 def test_sweep_writes_one_tidy_csv_and_resumes_without_recomputing(tmp_path, monkeypatch):
-    values = {**TINY, "method": ["ips"], "pr": [0.25, 0.75], "seed": [0, 1],
-              "out_dir": [str(tmp_path)]}
+    values = {
+        **TINY,
+        "method": ["ips"],
+        "pr": [0.25, 0.75],
+        "seed": [0, 1],
+        "out_dir": [str(tmp_path)],
+    }
     path = run_sweep(values, "s", progress=False)
     assert path == tmp_path / "s" / "results.csv"
     rows = _read(path)
     assert len(rows) == 4
-    assert [(r["pr"], r["seed"]) for r in rows] == [("0.25", "0"), ("0.25", "1"),
-                                                   ("0.75", "0"), ("0.75", "1")]
+    assert [(r["pr"], r["seed"]) for r in rows] == [
+        ("0.25", "0"),
+        ("0.25", "1"),
+        ("0.75", "0"),
+        ("0.75", "1"),
+    ]
     for r in rows:
         assert r["status"] == "finished" and r["method"] == "ips" and r["epoch"] == "1"
         assert 0 <= float(r["test_acc"]) <= 1 and float(r["ece"]) >= 0
@@ -49,14 +66,35 @@ def test_sweep_writes_one_tidy_csv_and_resumes_without_recomputing(tmp_path, mon
     # the same sweep again: every cell is finished, so no epoch may run
     def no_training(*a, **k):
         raise AssertionError("a finished cell was recomputed")
+
     monkeypatch.setattr(T, "train_one_epoch", no_training)
     assert _read(run_sweep(values, "s", progress=False)) == rows
 
 
 def test_sweep_command_line(tmp_path, capsys):
-    argv = ["sweep", "--name", "cli", "--method", "ce", "--model", "smallcnn", "--image-size",
-            "8", "--epochs", "1", "--batch-size", "32", "--max-train-samples", "200",
-            "--lr", "0.05", "0.1", "--out-dir", str(tmp_path), "--no-progress"]
+    argv = [
+        "sweep",
+        "--name",
+        "cli",
+        "--method",
+        "ce",
+        "--model",
+        "smallcnn",
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--max-train-samples",
+        "200",
+        "--lr",
+        "0.05",
+        "0.1",
+        "--out-dir",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     rows = _read(tmp_path / "cli" / "results.csv")
     assert [r["lr"] for r in rows] == ["0.05", "0.1"]
@@ -66,8 +104,14 @@ def test_sweep_command_line(tmp_path, capsys):
 
 def test_demo_trains_ce_and_ips_and_prints_a_table(tmp_path, capsys):
     out = tmp_path / "demo"
-    run_demo(out=str(out), epochs=1, progress=False, model="smallcnn", image_size=8,
-             max_train_samples=200)
+    run_demo(
+        out=str(out),
+        epochs=1,
+        progress=False,
+        model="smallcnn",
+        image_size=8,
+        max_train_samples=200,
+    )
     text = capsys.readouterr().out
     assert "| method | test acc % |" in text and "| ce |" in text and "| ips |" in text
     assert "ONE seed" in text
@@ -75,8 +119,9 @@ def test_demo_trains_ce_and_ips_and_prints_a_table(tmp_path, capsys):
 
 
 def test_format_table():
-    t = format_table([{"a": "x", "b": 0.12345}, {"a": "y", "b": None}],
-                     [("a", "A", "s"), ("b", "B", ".2f")])
+    t = format_table(
+        [{"a": "x", "b": 0.12345}, {"a": "y", "b": None}], [("a", "A", "s"), ("b", "B", ".2f")]
+    )
     assert t.splitlines() == ["| A | B |", "| --- | --- |", "| x | 0.12 |", "| y | - |"]
 
 
@@ -104,13 +149,26 @@ def test_results_table_carries_ips_axes_and_summarises_cells(tmp_path):
 
 def test_demo_reports_every_epoch_to_on_epoch(tmp_path):
     seen = []
-    run_demo(out=str(tmp_path / "demo"), epochs=2, progress=False, model="smallcnn",
-             image_size=8, max_train_samples=200,
-             on_epoch=lambda cfg, row: seen.append((cfg.method, row["epoch"])))
+    run_demo(
+        out=str(tmp_path / "demo"),
+        epochs=2,
+        progress=False,
+        model="smallcnn",
+        image_size=8,
+        max_train_samples=200,
+        on_epoch=lambda cfg, row: seen.append((cfg.method, row["epoch"])),
+    )
     assert seen == [("ce", 1), ("ce", 2), ("ips", 1), ("ips", 2)]
     seen.clear()
-    run_demo(out=str(tmp_path / "demo"), epochs=2, progress=False, model="smallcnn",
-             image_size=8, max_train_samples=200, on_epoch=lambda cfg, row: seen.append(cfg))
+    run_demo(
+        out=str(tmp_path / "demo"),
+        epochs=2,
+        progress=False,
+        model="smallcnn",
+        image_size=8,
+        max_train_samples=200,
+        on_epoch=lambda cfg, row: seen.append(cfg),
+    )
     assert seen == []  # both runs finished: reused, nothing trained
 
 
@@ -136,8 +194,17 @@ def test_method_table_refuses_a_folder_without_finished_runs(tmp_path):
         method_table(tmp_path)
 
 
-SMALL = dict(model=["smallcnn"], image_size=[8], epochs=[1], batch_size=[32],
-             max_train_samples=[200], method=["ips"], grid=[2], seed=[0, 1], pr=[0.0, 0.5])
+SMALL = dict(
+    model=["smallcnn"],
+    image_size=[8],
+    epochs=[1],
+    batch_size=[32],
+    max_train_samples=[200],
+    method=["ips"],
+    grid=[2],
+    seed=[0, 1],
+    pr=[0.0, 0.5],
+)
 
 
 def _table(path):
@@ -155,7 +222,9 @@ def test_jobs_train_runs_at_once_into_the_same_table(tmp_path):
     rows_two, df = _table(two)
     assert len(rows_two) == 4 and (df["status"] == "finished").all()
     strip = [{**r, "run_dir": r["run_dir"].replace(str(tmp_path / "b"), "X")} for r in rows_two]
-    assert strip == [{**r, "run_dir": r["run_dir"].replace(str(tmp_path / "a"), "X")} for r in rows_one]
+    assert strip == [
+        {**r, "run_dir": r["run_dir"].replace(str(tmp_path / "a"), "X")} for r in rows_one
+    ]
 
 
 def test_a_failed_run_is_a_row_and_the_sweep_goes_on(tmp_path):
@@ -176,8 +245,13 @@ def test_a_failed_run_is_a_row_and_the_sweep_goes_on(tmp_path):
 def test_submitit_launcher_with_its_local_executor(tmp_path):
     pytest.importorskip("submitit")
     values = {**SMALL, "seed": [0], "out_dir": [str(tmp_path)]}
-    path = run_sweep(values, "slurm", progress=False, launcher="submitit",
-                     launcher_options={"cluster": "local", "timeout_min": 10})
+    path = run_sweep(
+        values,
+        "slurm",
+        progress=False,
+        launcher="submitit",
+        launcher_options={"cluster": "local", "timeout_min": 10},
+    )
     rows, df = _table(path)
     assert len(rows) == 2 and (df["status"] == "finished").all()
     assert (tmp_path / "slurm" / ".submitit").is_dir()  # the jobs' logs
@@ -186,9 +260,27 @@ def test_submitit_launcher_with_its_local_executor(tmp_path):
 def test_sweep_cli_jobs_and_launcher_flags(tmp_path, capsys):
     from ipskit.cli import main
 
-    argv = ["sweep", "--name", "c", "--out-dir", str(tmp_path), "--model", "smallcnn",
-            "--image-size", "8", "--epochs", "1", "--max-train-samples", "200", "--method", "ce",
-            "--seed", "0", "1", "--no-progress"]
+    argv = [
+        "sweep",
+        "--name",
+        "c",
+        "--out-dir",
+        str(tmp_path),
+        "--model",
+        "smallcnn",
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--max-train-samples",
+        "200",
+        "--method",
+        "ce",
+        "--seed",
+        "0",
+        "1",
+        "--no-progress",
+    ]
     assert main(argv + ["--jobs", "2"]) == 0
     assert "2 runs, 2 at once" in capsys.readouterr().out
     assert main(argv + ["--launcher-opt", "oops"]) == 2

@@ -1,17 +1,18 @@
 """Tests for ipskit.train and ipskit.config: the run folder, resume equivalence, atomic
 checkpoints, divergence, the schedule, and every bad-input message."""
+
 import json
 import math
 
 import pytest
 import torch
+from train_helpers import cache_datasets, tiny
 
 import ipskit.train as T
 from ipskit import runs
 from ipskit.config import TrainConfig
 from ipskit.methods import CrossEntropy
 from ipskit.train import fit, lr_factor
-from train_helpers import cache_datasets, tiny
 
 
 @pytest.fixture(autouse=True)
@@ -27,19 +28,47 @@ def _metrics(run_dir):
 def test_run_folder_contract(tmp_path):
     run_dir = tmp_path / "ips-digits-smallcnn-s0"
     on_disk = []  # on_epoch fires once the epoch's row is in metrics.jsonl
-    s = fit(tiny(tmp_path, method="ips", epochs=2), progress=False, verbose=False,
-            on_epoch=lambda cfg, row: on_disk.append(
-                (cfg.epochs, row["epoch"], runs.load_run(run_dir)["metrics"][-1] == row)))
+    s = fit(
+        tiny(tmp_path, method="ips", epochs=2),
+        progress=False,
+        verbose=False,
+        on_epoch=lambda cfg, row: on_disk.append(
+            (cfg.epochs, row["epoch"], runs.load_run(run_dir)["metrics"][-1] == row)
+        ),
+    )
     assert on_disk == [(2, 1, True), (2, 2, True)]
     assert s["run_dir"] == str(run_dir) and s["status"] == "finished"
     cfg = json.loads((run_dir / "config.json").read_text())
-    for key in ("dataset", "model", "method", "seed", "epochs", "grid", "pr", "temperature",
-                "alpha", "gamma", "label_noise", "label_noise_kind", "ipskit_version"):
+    for key in (
+        "dataset",
+        "model",
+        "method",
+        "seed",
+        "epochs",
+        "grid",
+        "pr",
+        "temperature",
+        "alpha",
+        "gamma",
+        "label_noise",
+        "label_noise_kind",
+        "ipskit_version",
+    ):
         assert key in cfg
     rows = runs.load_run(run_dir)["metrics"]
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("train_loss", "train_ce", "train_kd", "train_acc", "test_acc", "test_loss",
-                "ece", "mean_max_prob", "lr", "epoch_time_s"):
+    for key in (
+        "train_loss",
+        "train_ce",
+        "train_kd",
+        "train_acc",
+        "test_acc",
+        "test_loss",
+        "ece",
+        "mean_max_prob",
+        "lr",
+        "epoch_time_s",
+    ):
         assert all(math.isfinite(r[key]) for r in rows), key
     assert rows[0]["train_kd"] > 0  # IPS has a KL part
     assert abs(rows[0]["train_loss"] - rows[0]["train_ce"] - rows[0]["train_kd"]) < 1e-4
@@ -51,7 +80,13 @@ def test_run_folder_contract(tmp_path):
     assert {"python", "torch", "torchvision", "ipskit", "device"} <= set(env)
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and set(ckpt["model_info"]) >= {
-        "name", "num_classes", "in_channels", "image_size", "mean", "std"}
+        "name",
+        "num_classes",
+        "in_channels",
+        "image_size",
+        "mean",
+        "std",
+    }
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -77,8 +112,10 @@ def test_resume_gives_the_same_metrics_and_weights(tmp_path, monkeypatch):
                 if next(calls) == 4:
                     raise _Kill
                 return step(*a, **k)
+
             monkeypatch.setattr(method, "step", dying_step)
         return real(*args, **kwargs)
+
     monkeypatch.setattr(T, "train_one_epoch", dies_in_epoch_3)
     with pytest.raises(_Kill):
         fit(broken, progress=False, verbose=False)
@@ -106,6 +143,7 @@ def test_killed_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
             f.write(b"PK\x03\x04 partial bytes")  # what a kill mid-write leaves behind
             raise KeyboardInterrupt
         return real_save(obj, f, *a, **k)
+
     monkeypatch.setattr(torch, "save", dies_writing_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, progress=False, verbose=False)
@@ -124,6 +162,7 @@ def test_non_finite_loss_names_epoch_and_step(tmp_path, monkeypatch):
         if next(calls) == 2:
             out.loss = out.loss * float("nan")
         return out
+
     monkeypatch.setattr(CrossEntropy, "step", nan_at_third)
     with pytest.raises(FloatingPointError, match=r"non-finite loss at epoch 1, step 3"):
         fit(tiny(tmp_path, method="ce"), progress=False, verbose=False)
@@ -131,32 +170,38 @@ def test_non_finite_loss_names_epoch_and_step(tmp_path, monkeypatch):
     assert summary["status"] == "failed"
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(dataset="mnist"), r"unknown dataset 'mnist'; choose one of: digits, cifar10"),
-    (dict(model="resnet9"), r"unknown model 'resnet9'; choose one of: .*resnet8"),
-    (dict(method="mixcut"), r"unknown method 'mixcut'; choose one of: ce, ips, "),
-    (dict(schedule="linear"), r"unknown schedule 'linear'; choose one of: cosine, step"),
-    (dict(epochs=0), r"epochs must be >= 1, got 0"),
-    (dict(pr=1.5), r"pr must be in \[0, 1\], got 1.5"),
-    (dict(grid=1), r"grid must be >= 2"),
-    (dict(lr=-0.1), r"lr must be > 0"),
-    (dict(label_noise=1.0), r"label_noise must be in \[0, 1\)"),
-    (dict(device="gpu"), r"device 'gpu' is not one of"),
-    (dict(batch_size=3.5), r"batch_size must be int, got float 3.5"),
-    (dict(name="../x"), r"must be a relative folder name"),
-    (dict(warmup_epochs=5, epochs=5), r"warmup_epochs 5 must be below epochs 5"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(dataset="mnist"), r"unknown dataset 'mnist'; choose one of: digits, cifar10"),
+        (dict(model="resnet9"), r"unknown model 'resnet9'; choose one of: .*resnet8"),
+        (dict(method="mixcut"), r"unknown method 'mixcut'; choose one of: ce, ips, "),
+        (dict(schedule="linear"), r"unknown schedule 'linear'; choose one of: cosine, step"),
+        (dict(epochs=0), r"epochs must be >= 1, got 0"),
+        (dict(pr=1.5), r"pr must be in \[0, 1\], got 1.5"),
+        (dict(grid=1), r"grid must be >= 2"),
+        (dict(lr=-0.1), r"lr must be > 0"),
+        (dict(label_noise=1.0), r"label_noise must be in \[0, 1\)"),
+        (dict(device="gpu"), r"device 'gpu' is not one of"),
+        (dict(batch_size=3.5), r"batch_size must be int, got float 3.5"),
+        (dict(name="../x"), r"must be a relative folder name"),
+        (dict(warmup_epochs=5, epochs=5), r"warmup_epochs 5 must be below epochs 5"),
+    ],
+)
 def test_config_rejects_bad_values(changes, message):
     with pytest.raises((ValueError, TypeError), match=message):
         TrainConfig(**changes)
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(grid=32, image_size=16), r"grid 32 cannot split 16x16 images"),
-    (dict(patch_size=3, image_size=16), r"patch_size 3 does not split 16x16"),
-    (dict(dataset="imagefolder:/no/such/folder"), r"imagefolder path .* is not a directory"),
-    (dict(batch_size=500), r"batch_size 500 is larger than the 400 training samples"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(grid=32, image_size=16), r"grid 32 cannot split 16x16 images"),
+        (dict(patch_size=3, image_size=16), r"patch_size 3 does not split 16x16"),
+        (dict(dataset="imagefolder:/no/such/folder"), r"imagefolder path .* is not a directory"),
+        (dict(batch_size=500), r"batch_size 500 is larger than the 400 training samples"),
+    ],
+)
 def test_bad_data_settings_leave_no_run_folder(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         fit(tiny(tmp_path, method="ips", **changes), progress=False, verbose=False)
@@ -169,8 +214,11 @@ def test_existing_run_folder_and_bad_checkpoints(tmp_path):
     run_dir = tmp_path / cfg.run_name
     with pytest.raises(ValueError, match=r"already exists; pass --resume .* --overwrite"):
         fit(cfg, progress=False, verbose=False)
-    with pytest.raises(ValueError, match=r"does not match these settings \(lr: 0.05 in the "
-                                         r"run, 0.1 now\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not match these settings \(lr: 0.05 in the "
+        r"run, 0.1 now\)",
+    ):
         fit(cfg.replace(lr=0.1), resume=True, progress=False, verbose=False)
     (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"checkpoint .* cannot be read \(corrupt"):
@@ -198,7 +246,8 @@ def test_lr_schedule():
     assert lr_factor(99, total, 0, "cosine") < 1e-3
     assert [lr_factor(s, total, 10, "cosine") for s in (0, 9)] == [0.1, 1.0]
     assert [lr_factor(s, total, 0, "step") for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
-        [1, 1, 0.1, 0.1, 0.01, 0.01])
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
 
 
 def test_data_loader_path_equals_the_fast_path(tmp_path):
@@ -216,6 +265,7 @@ def test_fit_or_reuse_returns_a_finished_run_whatever_its_settings(tmp_path, mon
 
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
+
     monkeypatch.setattr(T, "fit", no_training)
     # other settings, same folder: reused as it is (fit would refuse to resume it)
     assert T.fit_or_reuse(tiny(tmp_path, name="shared", lr=0.2)) == run_dir
@@ -234,8 +284,9 @@ def test_env_commit_only_from_ipskits_own_checkout(tmp_path):
     from ipskit.train import _git_commit
 
     def git(cwd, *args):
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     for layout in ("own", "foreign"):
         repo = tmp_path / layout
@@ -295,6 +346,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_written(tmp_path, monk
 
     def disk_full(path, obj):
         raise OSError(28, "No space left on device", str(path))
+
     monkeypatch.setattr(runs, "atomic_write_json", disk_full)
     with pytest.raises(OSError, match="No space left"):
         fit(cfg, overwrite=True, progress=False, verbose=False)
@@ -312,14 +364,35 @@ def test_a_second_process_on_the_same_run_folder_is_refused_at_once(tmp_path):
     with runs.claim_run_dir(tmp_path / "shared"):
         with pytest.raises(runs.RunBusyError, match="being written by another ipskit process"):
             fit(cfg, progress=False, verbose=False)
-        r = subprocess.run([sys.executable, "-m", "ipskit", "train", "--model", "smallcnn",
-                            "--image-size", "8", "--epochs", "1", "--max-train-samples", "200",
-                            "--out-dir", str(tmp_path), "--name", "shared", "--no-progress"],
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ipskit",
+                "train",
+                "--model",
+                "smallcnn",
+                "--image-size",
+                "8",
+                "--epochs",
+                "1",
+                "--max-train-samples",
+                "200",
+                "--out-dir",
+                str(tmp_path),
+                "--name",
+                "shared",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
         f"error: run folder {tmp_path / 'shared'} is being written by another ipskit process; "
-        "wait for it to finish or choose another --name"]
+        "wait for it to finish or choose another --name"
+    ]
     assert not (tmp_path / "shared").exists()
     fit(cfg, progress=False, verbose=False)  # released: the folder can be claimed again
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # no lock file left

@@ -6,14 +6,15 @@ Part of the ipskit explorer (``streamlit run app/Home.py``) for Intra-class Patc
 (``ipskit.evaluate.evaluate_run``, with a progress bar). Curves are ``ipskit.plots.run_curves``.
 Other pages link here with ``?run=<name>``.
 """
+
 import threading
 import time
 from pathlib import Path
 
+import common
 import pandas as pd
 import streamlit as st
 
-import common
 from ipskit import plots
 
 CALIBRATION_KEYS = ("n", "top1", "nll", "brier", "ece", "mce", "mean_max_prob")
@@ -21,13 +22,28 @@ CALIBRATION_KEYS = ("n", "top1", "nll", "brier", "ece", "mce", "mean_max_prob")
 
 def main() -> None:
     runs = common.require_runs()
-    st.dataframe(pd.DataFrame([{
-        "run": r["name"], "method": r.get("method"), "model": r.get("model"),
-        "dataset": r.get("dataset"), "seed": r.get("seed"),
-        "grid": r.get("grid"), "pr": r.get("pr"),
-        "epochs": f"{r.get('epochs_done')}/{r.get('epochs')}", "test acc": r.get("test_acc"),
-        "ECE": r.get("ece"), "status": r.get("status")} for r in runs]),
-        hide_index=True, width="stretch")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "run": r["name"],
+                    "method": r.get("method"),
+                    "model": r.get("model"),
+                    "dataset": r.get("dataset"),
+                    "seed": r.get("seed"),
+                    "grid": r.get("grid"),
+                    "pr": r.get("pr"),
+                    "epochs": f"{r.get('epochs_done')}/{r.get('epochs')}",
+                    "test acc": r.get("test_acc"),
+                    "ECE": r.get("ece"),
+                    "status": r.get("status"),
+                }
+                for r in runs
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
 
     names = [r["name"] for r in runs]
     wanted = st.query_params.get("run")
@@ -38,8 +54,11 @@ def main() -> None:
     with left:
         run = common.pick_run("Run", runs, key="runs_pick")
     with right:
-        typed = st.text_input("…or open a run folder by path", key="runs_path",
-                              placeholder="demo/ips or runs/demo/ips")
+        typed = st.text_input(
+            "…or open a run folder by path",
+            key="runs_path",
+            placeholder="demo/ips or runs/demo/ips",
+        )
     path = run["path"]
     if typed.strip():
         try:
@@ -59,22 +78,29 @@ def show_run(path: str) -> None:
         return
     cfg, summary, metrics = run["config"] or {}, run["summary"], run["metrics"]
     last = metrics[-1] if metrics else {}
-    st.subheader(f"{cfg.get('method')} · {cfg.get('model')} · {cfg.get('dataset')} · seed "
-                 f"{cfg.get('seed')}")
+    st.subheader(
+        f"{cfg.get('method')} · {cfg.get('model')} · {cfg.get('dataset')} · seed {cfg.get('seed')}"
+    )
     status = summary.get("status", "unfinished")
     st.caption(f"`{path}` · {status} · {len(metrics)} of {cfg.get('epochs')} epochs")
     if status == "failed":
         st.warning(f"This run failed: {summary.get('error', 'no reason recorded')}")
     cols = st.columns(4)
-    for col, (label, key, fmt) in zip(cols, [("test accuracy", "test_acc", "{:.2%}"),
-                                             ("ECE", "ece", "{:.4f}"),
-                                             ("mean max-prob", "mean_max_prob", "{:.3f}"),
-                                             ("train time", "wall_time_s", "{:.0f} s")]):
+    for col, (label, key, fmt) in zip(
+        cols,
+        [
+            ("test accuracy", "test_acc", "{:.2%}"),
+            ("ECE", "ece", "{:.4f}"),
+            ("mean max-prob", "mean_max_prob", "{:.3f}"),
+            ("train time", "wall_time_s", "{:.0f} s"),
+        ],
+    ):
         value = summary.get(key, last.get(key))
         col.metric(label, fmt.format(value) if isinstance(value, (int, float)) else "–")
 
     curves, settings, evaluation, checkpoint = st.tabs(
-        ["Curves", "Settings", "Evaluation", "Checkpoint"])
+        ["Curves", "Settings", "Evaluation", "Checkpoint"]
+    )
     with curves:
         if not metrics:
             st.info("No finished epoch yet.")
@@ -83,9 +109,13 @@ def show_run(path: str) -> None:
             first = 1
             if len(epochs) > 2:
                 col, _ = st.columns([1, 2])
-                first = col.select_slider("Show from epoch", epochs[:-1], epochs[0], key="runs_from",
-                                         help="Leave out the first epochs to zoom the axes on "
-                                              "the end of training")
+                first = col.select_slider(
+                    "Show from epoch",
+                    epochs[:-1],
+                    epochs[0],
+                    key="runs_from",
+                    help="Leave out the first epochs to zoom the axes on the end of training",
+                )
             try:
                 fig = plots.run_curves(metrics, first_epoch=first)
             except ValueError as e:
@@ -98,9 +128,14 @@ def show_run(path: str) -> None:
         show_eval(path, run["eval"], has_model=(Path(path) / "checkpoint.pt").is_file())
     with checkpoint:
         if not (Path(path) / "checkpoint.pt").is_file():
-            st.info("No weights in this run folder: " + (
-                "a reference run shipped with its numbers only (see results/README.md)."
-                if is_shipped(path) else "the run has not finished an epoch yet."))
+            st.info(
+                "No weights in this run folder: "
+                + (
+                    "a reference run shipped with its numbers only (see results/README.md)."
+                    if is_shipped(path)
+                    else "the run has not finished an epoch yet."
+                )
+            )
             return
         try:
             model, _ = common.load_model(path)
@@ -108,9 +143,11 @@ def show_run(path: str) -> None:
             st.error(f"The checkpoint cannot be used: {common.one_line(e)}")
         else:
             n_params = sum(p.numel() for p in model.parameters())
-            st.write(f"{model.name}: {n_params:,} parameters, {model.in_channels} channel(s), "
-                     f"{model.image_size}x{model.image_size} input, {model.num_classes} classes; "
-                     f"Grad-CAM layers: {', '.join(model.cam_layer_names())}.")
+            st.write(
+                f"{model.name}: {n_params:,} parameters, {model.in_channels} channel(s), "
+                f"{model.image_size}x{model.image_size} input, {model.num_classes} classes; "
+                f"Grad-CAM layers: {', '.join(model.cam_layer_names())}."
+            )
             st.json(model.model_info, expanded=False)
 
 
@@ -129,14 +166,21 @@ def show_eval(path: str, results: dict, has_model: bool = True) -> None:
         result = entry.get("result", entry) if isinstance(entry, dict) else entry
         st.markdown(f"**{kind}**")
         if kind == "calibration" and "test" in result:
-            rows = [{"split": split, **{k: result[split].get(k) for k in CALIBRATION_KEYS}}
-                    for split in ("test", "heldout", "heldout_scaled") if split in result]
+            rows = [
+                {"split": split, **{k: result[split].get(k) for k in CALIBRATION_KEYS}}
+                for split in ("test", "heldout", "heldout_scaled")
+                if split in result
+            ]
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-            st.caption(f"Temperature fitted on half of the test set: T = {result.get('temperature', float('nan')):.3f}; "
-                       f"heldout_scaled is the other half after dividing the logits by T.")
+            st.caption(
+                f"Temperature fitted on half of the test set: T = {result.get('temperature', float('nan')):.3f}; "
+                f"heldout_scaled is the other half after dividing the logits by T."
+            )
             col, _ = st.columns([1, 1])
             with col:
-                common.figure(plots.reliability_diagram(result["test"], title=name), "eval_reliability")
+                common.figure(
+                    plots.reliability_diagram(result["test"], title=name), "eval_reliability"
+                )
         elif kind == "smoothing" and "overall" in result:
             st.dataframe(pd.DataFrame([result["overall"]]), hide_index=True, width="stretch")
         elif kind == "fgsm" and "epsilons" in result:
@@ -144,8 +188,10 @@ def show_eval(path: str, results: dict, has_model: bool = True) -> None:
             with col:
                 common.figure(plots.fgsm_curves({name: result}), "eval_fgsm")
         elif kind in ("corruptions", "cifar_c") and "accuracy" in result:
-            st.write(f"clean accuracy {result.get('clean', float('nan')):.4f}, mean corruption "
-                     f"accuracy {result.get('mean_corruption_accuracy', float('nan')):.4f}")
+            st.write(
+                f"clean accuracy {result.get('clean', float('nan')):.4f}, mean corruption "
+                f"accuracy {result.get('mean_corruption_accuracy', float('nan')):.4f}"
+            )
             common.figure(plots.corruption_curves({name: result}), f"eval_{kind}")
         else:
             st.json(result, expanded=False)
@@ -159,21 +205,32 @@ def show_eval(path: str, results: dict, has_model: bool = True) -> None:
         return
     if is_shipped(path):
         if not results:
-            st.info("No evaluation results shipped with this run. Shipped runs are read-only "
-                    "here; evaluate a copy under your runs folder (`ipskit eval RUN_DIR`).")
+            st.info(
+                "No evaluation results shipped with this run. Shipped runs are read-only "
+                "here; evaluate a copy under your runs folder (`ipskit eval RUN_DIR`)."
+            )
         return
     from ipskit.robustness import CORRUPTIONS
 
     if not results:
-        st.info("No evaluation results for this run yet. Compute them here (or with "
-                f"`ipskit eval {path}` in a terminal); they are stored in its eval.json.")
-    cost = {"calibration": "seconds", "smoothing": "seconds",
-            "fgsm": f"{len(evaluate.DEFAULT_EPSILONS)} attacks",
-            "corruptions": f"{len(CORRUPTIONS)} corruptions x 5 severities: slow on a CPU"}
-    kinds = st.multiselect("Compute", missing, default=[k for k in missing if k != "corruptions"],
-                           key="runs_eval_kinds", format_func=lambda k: f"{k} ({cost.get(k, '')})",
-                           help=f"corruptions applies {len(CORRUPTIONS)} corruptions at 5 "
-                                f"severities: slow on a CPU")
+        st.info(
+            "No evaluation results for this run yet. Compute them here (or with "
+            f"`ipskit eval {path}` in a terminal); they are stored in its eval.json."
+        )
+    cost = {
+        "calibration": "seconds",
+        "smoothing": "seconds",
+        "fgsm": f"{len(evaluate.DEFAULT_EPSILONS)} attacks",
+        "corruptions": f"{len(CORRUPTIONS)} corruptions x 5 severities: slow on a CPU",
+    }
+    kinds = st.multiselect(
+        "Compute",
+        missing,
+        default=[k for k in missing if k != "corruptions"],
+        key="runs_eval_kinds",
+        format_func=lambda k: f"{k} ({cost.get(k, '')})",
+        help=f"corruptions applies {len(CORRUPTIONS)} corruptions at 5 severities: slow on a CPU",
+    )
     if st.button("Compute the evaluation", key="runs_eval", disabled=not kinds, type="primary"):
         try:
             run_evaluation(path, kinds)
@@ -205,9 +262,12 @@ def run_evaluation(path: str, kinds: list[str]) -> None:
     bar = st.progress(0.0, text="Evaluating…")
     while worker.is_alive():
         done = state["done"]
-        bar.progress(done / len(kinds), text=f"Evaluating {state.get('kind', kinds[0])} "
-                                             f"({done + 1} of {len(kinds)}), "
-                                             f"{time.monotonic() - start:.0f} s")
+        bar.progress(
+            done / len(kinds),
+            text=f"Evaluating {state.get('kind', kinds[0])} "
+            f"({done + 1} of {len(kinds)}), "
+            f"{time.monotonic() - start:.0f} s",
+        )
         worker.join(0.5)
     if "error" in state:
         raise state["error"]
