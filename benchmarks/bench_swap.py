@@ -31,56 +31,23 @@ import random
 import statistics
 import sys
 import time
-from collections import Counter
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from ipskit import SameClassPairSampler, draw_swap, patch_swap
+from ipskit import SameClassPairSampler, draw_swap, opcount, patch_swap
 from ipskit.augment import AugmentSpec, augment_batch
 from ipskit.methods import Cutout, TorchvisionMix
 
-# Ops that need a value or a size from the device: each one waits for the GPU to catch up.
-SYNC_OPS = {
-    "aten._local_scalar_dense",
-    "aten.nonzero",
-    "aten.masked_select",
-    "aten.equal",
-    "aten.unique",
-    "aten._unique",
-    "aten._unique2",
-    "aten.unique_consecutive",
-    "aten.unique_dim",
-}
-
-
-class _AtenCalls(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.kernels, self.views, self.syncs = Counter(), 0, 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func.overloadpacket)
-        if func.is_view:
-            self.views += 1
-        else:
-            self.kernels[name] += 1
-        self.syncs += name in SYNC_OPS
-        return func(*args, **(kwargs or {}))
-
 
 def count_ops(fn) -> dict:
-    """ATen calls of one ``fn()`` after a warm-up call (which fills per-size caches):
-    ``{"kernels": n, "views": n, "syncs": n, "ops": {name: n}}``."""
-    fn()
-    with _AtenCalls() as calls:
-        fn()
+    """ATen calls of one ``fn()`` (``ipskit.opcount``): kernels, views, syncs and kernels by name."""
+    calls = opcount.count_ops(fn)
     return {
         "kernels": sum(calls.kernels.values()),
         "views": calls.views,
-        "syncs": calls.syncs,
+        "syncs": sum(calls.syncs.values()),
         "ops": dict(calls.kernels),
     }
 

@@ -2,17 +2,16 @@
 budget of the per-batch random ops (swap, augmentation, mixers: few kernels, no host sync)."""
 
 import math
-from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ipskit import PatchSwap, SwapDecision, apply_swap, draw_swap, patch_swap, pixel_mask
 from ipskit.augment import AugmentSpec, augment_batch
 from ipskit.checks import InputError
 from ipskit.methods import Cutout, MixParams, TorchvisionMix
+from ipskit.opcount import count_ops
 from ipskit.swap import resolve_grid
 
 
@@ -359,40 +358,7 @@ def test_ips_step_checks_the_swap_settings_once(monkeypatch):
 # that compute something; views (reshape, unsqueeze, select) only change metadata and are not
 # counted. A sync is an op that needs a value or a size from the device: .item(), bool(t), int(t),
 # nonzero(), boolean indexing.
-_SYNC_OPS = {
-    "aten._local_scalar_dense",
-    "aten.nonzero",
-    "aten.masked_select",
-    "aten.equal",
-    "aten.unique",
-    "aten._unique",
-    "aten._unique2",
-    "aten.unique_consecutive",
-    "aten.unique_dim",
-}
-
-
-class _AtenCalls(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.kernels, self.views, self.syncs = Counter(), 0, Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func.overloadpacket)
-        if func.is_view:
-            self.views += 1
-        else:
-            self.kernels[name] += 1
-        if name in _SYNC_OPS:
-            self.syncs[name] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def _count(fn) -> _AtenCalls:
-    fn()  # a first call fills the per-size caches (as a warm-up before a CUDA graph capture)
-    with _AtenCalls() as calls:
-        fn()
-    return calls
+_count = count_ops
 
 
 def test_patch_swap_is_at_most_10_kernels_and_never_syncs():
