@@ -33,18 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from ipskit.sweep import METRIC_COLUMNS
+
 ROOT = Path(__file__).resolve().parent.parent
-METRICS = (
-    "epoch",
-    "train_loss",
-    "train_ce",
-    "train_kd",
-    "train_acc",
-    "test_acc",
-    "test_loss",
-    "ece",
-    "mean_max_prob",
-)  # wall_time_s differs by nature
+METRICS = tuple(c for c in METRIC_COLUMNS if c != "wall_time_s")  # it differs by nature
 
 
 def sweep_command(out_dir: Path, jobs: int, model: str, epochs: int) -> list[str]:
