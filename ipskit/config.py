@@ -23,7 +23,15 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["TrainConfig", "METHOD_NAMES", "MIXERS", "SCHEDULES", "KD_DIRECTIONS", "NOISE_KINDS"]
+__all__ = [
+    "TrainConfig",
+    "METHOD_NAMES",
+    "MIXERS",
+    "SCHEDULES",
+    "CAPTURE_MODES",
+    "KD_DIRECTIONS",
+    "NOISE_KINDS",
+]
 
 from ipskit.checks import InputError, check_device
 from ipskit.registry import (
@@ -36,6 +44,7 @@ from ipskit.registry import (
 )
 
 SCHEDULES = ("cosine", "step")
+CAPTURE_MODES = ("auto", "on", "off")  # the training step in a CUDA graph (ipskit.step)
 MAX_IMAGE_SIZE = 1024  # pixels a side: 1024^2 x 3 bytes = 3 MB an image, in memory
 
 
@@ -255,6 +264,16 @@ class TrainConfig:
         "channels-last memory format. Default: on for CUDA (faster convolutions), off elsewhere.",
         group="runtime",
     )
+    capture: str = setting(
+        "auto",
+        "auto | on | off: capture the whole training step (swap or mixer, forward, loss, "
+        "backward, fused SGD update) in a CUDA graph and replay it, so the GPU does not wait "
+        "for Python to launch each kernel. auto: on for CUDA in a single process, falling back "
+        "to the eager step with one line if the capture fails; on: the same, a failure is an "
+        "error; off: always eager (CPU, MPS and torchrun runs are eager).",
+        choices=CAPTURE_MODES,
+        group="runtime",
+    )
     compile: bool = setting(
         False,
         "torch.compile the model. Off by default: compiling costs more than it saves on "
@@ -303,6 +322,7 @@ class TrainConfig:
             _check_type(f.name, getattr(self, f.name), f.type)
         _choice("method", self.method, METHOD_NAMES)
         _choice("schedule", self.schedule, SCHEDULES)
+        _choice("capture", self.capture, CAPTURE_MODES)
         _choice("kd_direction", self.kd_direction, KD_DIRECTIONS)
         _choice("label_noise_kind", self.label_noise_kind, NOISE_KINDS)
         _check_dataset(self.dataset)

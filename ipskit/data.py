@@ -1073,10 +1073,13 @@ class InMemoryLoader:
         s = _epoch_seed(self.seed, self.epoch)
         gen = self._augment_generator(s + 1)
         if self.batch_sampler is not None:
-            batches = (
-                torch.as_tensor(list(b), dtype=torch.long).to(self.device, non_blocking=True)
-                for b in self.batch_sampler
-            )
+            # The whole epoch's indices in one copy to the device: a copy per batch from
+            # pageable memory would make the host wait for the device every step.
+            lists = [list(b) for b in self.batch_sampler]
+            flat = torch.as_tensor([i for b in lists for i in b], dtype=torch.long)
+            flat = flat.to(self.device)
+            ends = np.cumsum([len(b) for b in lists]).tolist()
+            batches = (flat[e - len(b) : e] for b, e in zip(lists, ends))
         else:
             n = len(self.x)
             order = (

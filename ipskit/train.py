@@ -45,6 +45,7 @@ from ipskit.checks import InputError, check_device
 from ipskit.config import TrainConfig
 from ipskit.data import derive_seed  # public here too: ipskit.train.derive_seed
 from ipskit.methods import Method, build_method
+from ipskit.step import CapturedStep, TrainStep, autocast, lr_value, portable_state, use_tensor_lr
 
 __all__ = [
     "fit",
@@ -68,6 +69,7 @@ _RESUME_FREE = {
     "num_workers",
     "amp",
     "channels_last",
+    "capture",
 }
 
 
@@ -108,10 +110,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 0.1 ** ((step >= 0.5 * total_steps) + (step >= 0.75 * total_steps))
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
-
-
 # ----- one epoch ----------------------------------------------------------------------------
 def train_one_epoch(
     model: nn.Module,
@@ -128,6 +126,7 @@ def train_one_epoch(
     progress: bool = True,
     desc: str = "train",
     sync_every: int = 10,
+    step_fn: Callable | None = None,
 ) -> dict:
     """Train for one pass over ``loader``.
 
@@ -141,6 +140,9 @@ def train_one_epoch(
         amp: bf16 autocast. channels_last: feed channels-last images.
         progress: show a tqdm bar with running loss and accuracy.
         sync_every: read the running sums back from the device every this many steps.
+        step_fn: the step to run (``ipskit.step.TrainStep`` or ``CapturedStep`` over the same
+            model, method, optimizer and generator; ``fit`` passes one that lives across
+            epochs); default: an eager ``TrainStep``.
     Returns:
         dict: train_loss, train_ce, train_kd (means over samples), train_acc, lr (of the last
         step), steps. Summed over processes under DDP.
@@ -148,6 +150,7 @@ def train_one_epoch(
         FloatingPointError naming the epoch and step of the first non-finite loss.
     """
     model.train()
+    step_fn = step_fn or TrainStep(model, method, optimizer, generator, amp=amp)
     # Running sums stay on the device (no sync per step): loss*n, ce*n, kd*n, correct, where
     # n is the number of samples (anchors) and m the number of predictions scored.
     sums = torch.zeros(4, device=device, dtype=torch.float64)
@@ -155,29 +158,20 @@ def train_one_epoch(
     n_total = m_total = 0
     # A bar driven by hand: tqdm.auto's async flavour calls iter() on what it wraps twice.
     bar = tqdm(total=len(loader), desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
-    lr, step = optimizer.param_groups[0]["lr"], -1
+    lr, step, last = lr_value(optimizer.param_groups[0]["lr"]), -1, len(loader) - 1
     for step, (x, y) in enumerate(loader):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
-            out = method.step(model, x, y, generator)
-        loss = out.loss.float()
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr = optimizer.param_groups[0]["lr"]
+        out = step_fn(x, y)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out.loss), step, first_bad)
+        if step == last:  # the rate this step used (a device tensor when captured: one sync)
+            lr = lr_value(optimizer.param_groups[0]["lr"])
         scheduler.step()
-
-        n = y.shape[0] // 2 if method.needs_pairs else y.shape[0]
-        n_total, m_total = n_total + n, m_total + out.targets.shape[0]
-        correct = (out.logits.argmax(dim=1) == out.targets).sum()
-        sums += torch.stack(
-            [loss.detach() * n, out.ce.float() * n, out.kd.float() * n, correct.float()]
-        ).double()
-        if (step + 1) % sync_every == 0 or step + 1 == len(loader):
+        n_total, m_total = n_total + out.samples, m_total + out.scored
+        sums += out.sums
+        if (step + 1) % sync_every == 0 or step == last:
             bad = first_bad.clone()
             if dist.is_initialized():  # every rank must stop together, or the others hang
                 dist.all_reduce(bad, op=dist.ReduceOp.MAX)
@@ -227,14 +221,14 @@ def evaluate_epoch(
     """
     model.eval()
     logits, labels = [], []
-    for x, y in loader:
+    for x, y in loader:  # logits stay on the device: one copy to the host at the end
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
-            logits.append(model(x).float().cpu())
-        labels.append(y.cpu())
-    z, y = torch.cat(logits), torch.cat(labels).long()  # (N, K), (N,)
+        with autocast(device, amp):
+            logits.append(model(x).float())
+        labels.append(y)
+    z, y = torch.cat(logits).cpu(), torch.cat(labels).long().cpu()  # (N, K), (N,)
     if not torch.isfinite(z).all():
         raise FloatingPointError(
             "the model gives non-finite logits on the test set; training diverged: try a lower --lr"
@@ -416,7 +410,9 @@ class _DataLoaderPerEpoch:
 def _init_distributed(device_name: str) -> tuple[int, int, int, bool]:
     """(world, rank, local_rank, initialised_here) from torchrun's environment variables."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    # torchrun sets LOCAL_RANK and MASTER_ADDR: even one process then joins a process group
+    # (one nccl rank is how a one-GPU machine checks the multi-GPU path).
+    if world <= 1 and not ("LOCAL_RANK" in os.environ and "MASTER_ADDR" in os.environ):
         return 1, 0, 0, False
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_initialized():
@@ -426,6 +422,20 @@ def _init_distributed(device_name: str) -> tuple[int, int, int, bool]:
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if cuda else "gloo")
     return dist.get_world_size(), dist.get_rank(), local, True
+
+
+def _capture_wanted(setting: str, device: torch.device, distributed: bool) -> bool:
+    """Whether to capture the training step in a CUDA graph (``TrainConfig.capture``)."""
+    if setting == "on" and device.type != "cuda":
+        raise InputError(
+            f"capture 'on' needs a CUDA device (the step is captured in a CUDA graph), "
+            f"this run is on {device.type}; use --capture auto or off"
+        )
+    if setting == "on" and distributed:
+        raise InputError(
+            "capture 'on' is for one process; under torchrun use --capture auto (eager there)"
+        )
+    return setting != "off" and device.type == "cuda" and not distributed
 
 
 def _git_commit(package_dir: str | os.PathLike | None = None) -> str | None:
@@ -592,9 +602,11 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
 
     # 1. Everything that can be rejected, before the run folder is touched.
     device = resolve_device(cfg.device)
-    if device.type == "cuda" and world > 1:
+    distributed = dist.is_initialized()
+    if device.type == "cuda" and distributed:
         device = torch.device("cuda", local)
     amp = device.type == "cuda" if cfg.amp is None else cfg.amp
+    capture = _capture_wanted(cfg.capture, device, distributed)
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     run_dir = Path(cfg.out_dir) / cfg.run_name
     ckpt = _resume_state(cfg, run_dir, resume, overwrite)
@@ -617,8 +629,14 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = build_method(cfg, bundle.num_classes, bundle.image_size, fill=bundle.mean)
+    # Fused SGD on CUDA: one kernel for the whole update, and the one a captured step needs.
+    fused = device.type == "cuda"
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        fused=fused or None,
     )
     steps = len(data.train_loader)
     total, warmup = steps * cfg.epochs, round(cfg.warmup_epochs * steps)
@@ -633,15 +651,19 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
         torch.set_rng_state(ckpt["rng"]["torch"])
         history, start = list(ckpt.get("history", [])), int(ckpt["epoch"]) + 1
         wall_before = float(ckpt.get("wall_time_s", 0.0))
+        for group in optimizer.param_groups:  # how to update is this device's choice
+            group["fused"], group["foreach"] = fused or None, None if fused else group["foreach"]
+    if capture:
+        use_tensor_lr(optimizer, device)
     info = model.model_info
     net = torch.compile(model) if cfg.compile else model
-    if world > 1:
+    if distributed:
         net = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
 
     # 2. The run folder: all ranks have checked it; only rank 0 writes.
-    if world > 1:
+    if distributed:
         dist.barrier()
     if rank == 0:
         if ckpt is None:
@@ -659,11 +681,14 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
         print(
             f"{what} {cfg.method} on {cfg.dataset} ({len(data.train_labels)} images, "
             f"{bundle.image_size}px) with {cfg.model} on {device}"
-            f"{f' x{world}' if world > 1 else ''} -> {run_dir}"
+            f"{f' x{world} (DDP)' if distributed else ''} -> {run_dir}"
         )
 
     # 3. Epochs. Randomness per epoch is a function of (seed, epoch, rank) only.
     gen = torch.Generator(device=device)
+    step_fn = TrainStep(net, method, optimizer, gen, amp=amp)
+    if capture:
+        step_fn = CapturedStep(step_fn, fallback=cfg.capture == "auto", log=tqdm.write)
     wall = time.perf_counter()
     try:
         for epoch in range(start, cfg.epochs + 1):
@@ -685,7 +710,13 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
                 channels_last=channels_last,
                 progress=progress,
                 desc=f"{cfg.method} {epoch}/{cfg.epochs}",
+                step_fn=step_fn,
             )
+            if verbose and epoch == start and capture and step_fn.mode == "graph":
+                tqdm.write(
+                    f"training step captured in a CUDA graph after {step_fn.warmup} eager steps "
+                    f"({step_fn.setup_s:.1f} s for those and the capture)"
+                )
             row.update(
                 evaluate_epoch(
                     model, data.test_loader, device, amp=amp, channels_last=channels_last
@@ -697,8 +728,8 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
                 runs.atomic_torch_save(
                     {
                         "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
+                        "optimizer": portable_state(optimizer),
+                        "scheduler": portable_state(scheduler),
                         "epoch": epoch,
                         "rng": {"torch": torch.get_rng_state()},
                         "model_info": info,
@@ -728,6 +759,7 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
         "seed": cfg.seed,
         "epochs": cfg.epochs,
         "wall_time_s": wall_before + time.perf_counter() - wall,
+        "train_step": getattr(step_fn, "mode", "eager"),
         "status": "finished",
     }
     if rank == 0:

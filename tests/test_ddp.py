@@ -20,14 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
     not dist.is_available() or not dist.is_gloo_available(),
     reason="torch.distributed with gloo is not available",
 )
-def test_two_processes_on_gloo_write_one_run(tmp_path):
+@pytest.mark.parametrize("procs", [2, 1])
+def test_processes_on_gloo_write_one_run(tmp_path, procs):
+    """Two ranks split the data; one rank still joins a process group and trains under DDP
+    (what benchmarks/gpu_check.py runs over nccl on a one-GPU machine)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
-        "--nproc_per_node=2",
+        f"--nproc_per_node={procs}",
         "-m",
         "ipskit",
         "train",
@@ -58,9 +61,10 @@ def test_two_processes_on_gloo_write_one_run(tmp_path):
     run = tmp_path / "ddp"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1
-    # each process trains on its half of the 256 images: 128 // 32 = 4 steps, not 8
-    assert rows[0]["steps"] == 4
-    assert json.loads((run / "env.json").read_text())["world_size"] == 2
+    # each process trains on its share of the 256 images: 256 // procs // 32 steps
+    assert rows[0]["steps"] == 256 // procs // 32
+    assert json.loads((run / "env.json").read_text())["world_size"] == procs
+    assert f"x{procs} (DDP)" in r.stdout
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     assert r.stdout.count("epoch   1/1") == 1  # only rank 0 logs
 
