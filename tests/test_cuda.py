@@ -1,5 +1,7 @@
-"""CUDA tests: the swap, augmentation, mixers, methods and IPS loss give the CPU's result on a GPU,
-and training (bf16, channels-last, torch.compile, resume), evaluation and Grad-CAM run there.
+"""CUDA tests: the swap, augmentation, mixers, methods and IPS loss give the CPU's result on a GPU;
+a whole training step never waits for the host and, captured in a CUDA graph, trains as the
+eager step does; training (bf16, channels-last, torch.compile, capture, resume), evaluation and
+Grad-CAM run there.
 
 Every test is marked ``cuda`` and skips without a CUDA device, so the CPU suite collects them
 and reports them skipped. On a GPU machine: ``pytest -m cuda tests/test_cuda.py`` (as
@@ -25,6 +27,8 @@ from ipskit.augment import AugmentSpec, apply_augment, augment_batch, draw_augme
 from ipskit.config import METHOD_NAMES, TrainConfig
 from ipskit.evaluate import evaluate_run
 from ipskit.methods import CutMixer, Cutout, build_method
+from ipskit.models import build_model
+from ipskit.step import CapturedStep, TrainStep, use_tensor_lr
 from ipskit.train import fit
 
 pytestmark = [
@@ -251,7 +255,9 @@ class _Kill(Exception):
 
 
 def test_resume_on_cuda_continues_the_recorded_history(tmp_path, monkeypatch):
-    cfg = tiny(tmp_path, method="ips+cutmix", epochs=3, device="cuda", name="broken")
+    # Eager: the run is killed through method.step, which a captured step calls only until its
+    # capture (test_captured_fit_... covers resuming a captured run).
+    cfg = tiny(tmp_path, method="ips+cutmix", epochs=3, device="cuda", name="broken", capture="off")
     real = T.train_one_epoch
 
     # 1. A run killed after a few steps of epoch 2 ...
@@ -289,6 +295,101 @@ def test_resume_on_cuda_continues_the_recorded_history(tmp_path, monkeypatch):
     # resuming a finished run trains nothing
     monkeypatch.setattr(T, "train_one_epoch", None)
     assert fit(cfg, resume=True, progress=False, verbose=False)["status"] == "finished"
+
+
+# ----- the whole step: no host sync, captured in a CUDA graph ---------------------------------
+def _step_setup(name, seed=0, amp=False, channels_last=False):
+    """A resnet8 (fp32 weights), fused SGD with its rate in a device tensor under a cosine
+    schedule, the method and a CUDA generator: what fit builds for a captured run."""
+    cfg = TrainConfig(method=name, grid=4, mix_prob=1.0, image_size=16)
+    torch.manual_seed(seed)
+    model = build_model("resnet8", K, 3, 16, (0.5,) * 3, (0.25,) * 3).to(CUDA)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: T.lr_factor(s, 12, 2, "cosine"))
+    use_tensor_lr(opt, CUDA)
+    method = build_method(cfg, K, image_size=16, fill=(0.5, 0.5, 0.5))
+    gen = _cuda_gen(seed)
+    return model, opt, sched, TrainStep(model, method, opt, gen, amp=amp), gen
+
+
+def _batches(n, seed=0, channels_last=False):
+    g = _gen(seed)
+    out = []
+    for _ in range(n):
+        y = torch.randint(K, (16,), generator=g).repeat(2)  # anchors, then same-class partners
+        x = torch.rand(32, 3, 16, 16, generator=g).to(CUDA)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append((x, y.to(CUDA)))
+    return out
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_a_whole_training_step_never_waits_for_the_host(name):
+    """Swap or mixer, forward (bf16, channels-last), loss, backward, fused update with a
+    tensor rate, scheduler and running sums: no host-device sync, so it can be captured."""
+    model, opt, sched, step, gen = _step_setup(name, amp=True, channels_last=True)
+    batches = _batches(3, channels_last=True)
+    step(*batches[0])  # first call: lazy state (momentum buffers, cuDNN plans, cell tables)
+    sched.step()
+    sums = torch.zeros(4, device=CUDA, dtype=torch.float64)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x, y in batches[1:]:
+            out = step(x, y)
+            sums += out.sums
+            sched.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(sums).all()
+
+
+@pytest.mark.parametrize("name", ["ce", "ips", "ips+cutmix", "cskd", "mixup"])
+def test_captured_step_trains_like_the_eager_step(name):
+    """The same 9 batches through the eager step and through a CapturedStep (3 eager warm-up
+    calls, then capture and replays): same losses, same random draws (the generator is
+    registered with the graph, and a reseed mid-way reaches the replays), same weights."""
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    batches = _batches(9)
+    results = []
+    for captured in (False, True):
+        model, opt, sched, step, gen = _step_setup(name)
+        if captured:
+            step = CapturedStep(step, warmup=3)
+        losses = []
+        for i, (x, y) in enumerate(batches):
+            if i == 6:
+                gen.manual_seed(123)  # as fit reseeds every epoch
+            losses.append(step(x, y).loss.item())
+            sched.step()
+        if captured:
+            assert step.mode == "graph" and step.setup_s > 0
+        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (eager_losses, eager_w), (graph_losses, graph_w) = results
+    assert graph_losses == pytest.approx(eager_losses, rel=1e-4, abs=1e-5)
+    for a, b in zip(eager_w, graph_w):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_captured_fit_logs_its_capture_and_resumes_on_the_cpu(tmp_path, capsys):
+    cfg = tiny(tmp_path, method="ips", epochs=2, device="cuda", name="captured")
+    s = fit(cfg, progress=False, verbose=True)
+    assert s["train_step"] == "graph"
+    assert "training step captured in a CUDA graph after 3 eager steps" in capsys.readouterr().out
+    rows = runs.load_run(tmp_path / "captured")["metrics"]
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    eager = fit(cfg.replace(capture="off", name="eager"), progress=False, verbose=False)
+    assert eager["train_step"] == "eager"
+    assert abs(eager["train_loss"] - s["train_loss"]) < 0.1
+    lrs = [r["lr"] for r in runs.load_run(tmp_path / "eager")["metrics"]]
+    assert [r["lr"] for r in rows] == pytest.approx(lrs, rel=1e-5)  # the schedule reached it
+    # the checkpoint holds plain floats: the run continues on the CPU, eagerly
+    more = fit(cfg.replace(epochs=3, device="cpu"), resume=True, progress=False, verbose=False)
+    assert more["status"] == "finished" and more["train_step"] == "eager"
+    assert [r["epoch"] for r in runs.load_run(tmp_path / "captured")["metrics"]] == [1, 2, 3]
 
 
 # ----- evaluation and Grad-CAM on a model trained on the GPU ------------------------------------
