@@ -182,7 +182,8 @@ class CapturedStep:
             # Gradients set to None now are allocated inside the graph: a replay writes them
             # afresh instead of adding to the last step's.
             self.step.optimizer.zero_grad(set_to_none=True)
-            with torch.cuda.graph(graph):
+            # thread_local: a DataLoader's pin-memory thread may call CUDA meanwhile.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 out = self.step(self._x, self._y)
         except RuntimeError as e:
             if not self.fallback:
