@@ -15,6 +15,8 @@ import copy
 import json
 import math
 import shutil
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -390,6 +392,22 @@ def test_captured_fit_logs_its_capture_and_resumes_on_the_cpu(tmp_path, capsys):
     more = fit(cfg.replace(epochs=3, device="cpu"), resume=True, progress=False, verbose=False)
     assert more["status"] == "finished" and more["train_step"] == "eager"
     assert [r["epoch"] for r in runs.load_run(tmp_path / "captured")["metrics"]] == [1, 2, 3]
+
+
+def test_the_readmes_captured_loop_runs_as_written():
+    """The README's 'captured in a CUDA graph, for your own loop' example, executed."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("- The same step captured in a CUDA graph")
+    begin = readme.index("```python", start) + len("```python")
+    code = textwrap.dedent(readme[begin : readme.index("```", begin)])
+    model = build_model("resnet8", 10, 3, 32).to(CUDA)
+    loader = [
+        (torch.rand(16, 3, 32, 32), torch.arange(8).repeat(2)) for _ in range(6)
+    ]  # 8 pairs a batch
+    scope = {"torch": torch, "model": model, "gen": _cuda_gen(0), "loader": loader}
+    scope["total_steps"] = len(loader)
+    exec(code, scope)
+    assert scope["step"].mode == "graph" and torch.isfinite(scope["out"].loss)
 
 
 # ----- evaluation and Grad-CAM on a model trained on the GPU ------------------------------------
