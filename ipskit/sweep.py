@@ -24,6 +24,7 @@ Command line: ``ipskit sweep --name grid-pr --grid 2 4 --pr 0.25 0.5 --seed 0 1 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import os
@@ -75,7 +76,8 @@ def sweep_cells(values: dict[str, list], sweep_name: str) -> list[tuple[dict, Tr
             a longer list makes it an axis of the grid.
         sweep_name: folder under ``out_dir``; each run is ``<sweep_name>/<k>=<v>_...``.
     Returns:
-        One (axis values, config) per cell, in the order of the product over the axes.
+        One (axis values, config) per cell, in the order of the product over the axes, the
+        axes taken in TrainConfig's field order.
     """
     if "name" in values:
         raise InputError(
@@ -85,8 +87,17 @@ def sweep_cells(values: dict[str, list], sweep_name: str) -> list[tuple[dict, Tr
     empty = [k for k, v in values.items() if len(v) == 0]
     if empty:
         raise InputError(f"sweep values for {empty[0]!r} are empty; give at least one value")
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise InputError(
+            f"unknown setting {unknown[0]!r} in the sweep values; use TrainConfig field names "
+            f"(ipskit train --help lists them, with - for _)"
+        )
     fixed = {k: v[0] for k, v in values.items() if len(v) == 1}
-    axes = {k: list(v) for k, v in values.items() if len(v) > 1}
+    # Axes in TrainConfig's field order, whatever order they were given in: the same grid
+    # always names (and so reuses) the same run folders, from Python or the command line.
+    axes = {k: list(values[k]) for k in fields if k in values and len(values[k]) > 1}
     cells = []
     for combo in itertools.product(*axes.values()):
         point = dict(zip(axes, combo))

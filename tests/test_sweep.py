@@ -39,6 +39,17 @@ def test_cells_are_the_product_of_the_axes():
         sweep_cells({"pr": [0.5, 3.0]}, "g")  # a bad cell is caught before anything runs
 
 
+def test_the_same_grid_names_the_same_runs_in_any_order():
+    """Axes given in another order (a dict built differently) name the same run folders in
+    the same cell order, so a sweep resumed from Python or the command line reuses them."""
+    a = sweep_cells({"seed": [0, 1], "pr": [0.25, 0.5], "method": ["ips"], "grid": [2, 4]}, "g")
+    b = sweep_cells({"grid": [2, 4], "method": ["ips"], "pr": [0.25, 0.5], "seed": [0, 1]}, "g")
+    assert [c.name for _, c in a] == [c.name for _, c in b]
+    assert a[1][1].name == "g/grid=2_pr=0.25_seed=1"  # TrainConfig's field order
+    with pytest.raises(ValueError, match="unknown setting 'grids' in the sweep values"):
+        sweep_cells({"grids": [2, 4]}, "g")
+
+
 def test_sweep_writes_one_tidy_csv_and_resumes_without_recomputing(tmp_path, monkeypatch):
     values = {
         **TINY,
@@ -234,7 +245,8 @@ def test_a_failed_run_is_a_row_and_the_sweep_goes_on(tmp_path):
     with pytest.raises(RuntimeError, match=r"2 of 4 runs failed .*lr=1000000.0.*non-finite loss"):
         run_sweep(values, "f", progress=False, jobs=2)
     rows, df = _table(tmp_path / "f" / "results.csv")
-    assert list(df["status"]) == ["finished", "failed", "finished", "failed"]  # cell order
+    # cell order: the lr axis outside the seed axis (TrainConfig's field order)
+    assert list(df["status"]) == ["finished", "finished", "failed", "failed"]
     finished = {r["run_dir"] for r in rows if r["status"] == "finished"}
     stamps = {d: (Path(d) / "summary.json").stat().st_mtime_ns for d in finished}
     with pytest.raises(RuntimeError):
