@@ -3,6 +3,7 @@
 import io
 import os
 import pickle
+import re
 import struct
 import threading
 import time
@@ -18,6 +19,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import ipskit.data
+import ipskit.imagefolder
 from ipskit.checks import InputError
 from ipskit.data import (
     AugmentParams,
@@ -468,7 +470,7 @@ def test_scan_matches_torchvision_imagefolder(tmp_path):
         (tmp_path / f).write_bytes(b"")
     (tmp_path / "stray.png").write_bytes(b"")  # a file beside the class folders is no sample
     (tmp_path / "a/1.bmp").write_bytes(b"abc")
-    classes, paths, stamps, targets, skipped = ipskit.data._scan_folder(tmp_path)
+    classes, paths, stamps, targets, skipped = ipskit.imagefolder._scan_folder(tmp_path)
     ref = ImageFolder(str(tmp_path), allow_empty=True)
     assert classes == ref.classes == [".hidden", "a", "b", "empty"]
     assert paths == [p for p, _ in ref.samples] and targets.tolist() == ref.targets
@@ -486,8 +488,8 @@ def test_parallel_decode_matches_serial_decode(tmp_path):
         path = tmp_path / f"{i}.png"
         Image.fromarray(rng.integers(0, 256, (9 + i, 14 + 2 * i, 3), dtype=np.uint8)).save(path)
         paths.append(str(path))
-    serial = torch.stack([ipskit.data._read_image(p, 8, "RGB") for p in paths])
-    parallel, bad = ipskit.data._decode_images(paths, 8, "RGB", chunk=3, workers=4)
+    serial = torch.stack([ipskit.imagefolder._read_image(p, 8, "RGB") for p in paths])
+    parallel, bad = ipskit.imagefolder._decode_images(paths, 8, "RGB", chunk=3, workers=4)
     assert bad == {} and parallel.shape == (11, 3, 8, 8) and parallel.dtype == torch.uint8
     assert torch.equal(parallel, serial)
 
@@ -496,13 +498,13 @@ def test_parallel_decode_matches_serial_decode(tmp_path):
 def decodes(monkeypatch):
     """How many images have been decoded from files so far."""
     count = [0]
-    read = ipskit.data._read_image
+    read = ipskit.imagefolder._read_image
 
     def counting(*args):
         count[0] += 1
         return read(*args)
 
-    monkeypatch.setattr(ipskit.data, "_read_image", counting)
+    monkeypatch.setattr(ipskit.imagefolder, "_read_image", counting)
     return count
 
 
@@ -854,6 +856,45 @@ def test_a_bad_file_is_one_line_naming_it_or_skipped_on_request(tmp_path, capsys
             load_dataset(f"imagefolder:{data}", image_size=8, max_memory_bytes=0)
 
 
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_a_broken_file_symlink_is_a_bad_file(tmp_path, capsys, kind):
+    """A file symlink whose target is missing (or that points at itself) is one line naming it,
+    or skipped and counted like any bad file (it was a FileNotFoundError / OSError traceback)."""
+    data, cache, gone = tmp_path / "data", tmp_path / "cache", tmp_path / "gone.png"
+    _noise_tree(data / "train", {"a": 5, "b": 5})
+    link = data / "train" / "a" / "link.png"
+    if kind == "dangling":
+        os.symlink(gone, link)
+        problem = re.escape(f"the symlink's target {gone} is missing")
+    else:
+        os.symlink(link.name, link)
+        problem = (
+            r"the symlink to link\.png cannot be followed \(Too many levels of symbolic links\)"
+        )
+    for memory in ({}, {"max_memory_bytes": 0}):  # decoded now, or on access
+        with pytest.raises(
+            InputError,
+            match=rf"^bad image file {re.escape(str(link))}: {problem}; fix or remove it, "
+            r"or load with skip_bad_files=True$",
+        ):
+            load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache, **memory)
+        capsys.readouterr()
+        skipped = load_dataset(
+            f"imagefolder:{data}", image_size=8, cache_dir=cache, skip_bad_files=True, **memory
+        )
+        assert len(skipped.train_targets) + len(skipped.test_targets) == 10
+        (line,) = _warnings(capsys.readouterr().err)
+        assert re.fullmatch(
+            rf"warning: skipped 1 bad image file\(s\) of 11 in {re.escape(str(data))} "
+            rf"\(the first: {re.escape(str(link))}: {problem}\)",
+            line,
+        )
+    if kind == "dangling":  # the target appears: the cache is not reused, the link is read
+        Image.new("RGB", (12, 10), (1, 2, 3)).save(gone)
+        bundle = load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache)
+        assert len(bundle.train_y) + len(bundle.test_y) == 11
+
+
 def test_skipping_may_leave_a_class_too_small(tmp_path):
     _noise_tree(tmp_path, {"cat": 4, "dog": 2})
     (tmp_path / "dog" / "0.png").write_bytes(b"")
@@ -870,7 +911,7 @@ def test_parallel_decode_reports_the_first_bad_file_in_order(tmp_path, monkeypat
         Image.new("RGB", (9, 7), (i, 2 * i, 3 * i)).save(paths[-1])
     for i in (5, 9):
         (tmp_path / f"{i}.png").write_bytes(b"broken")
-    read, started = ipskit.data._read_image, threading.Event()
+    read, started = ipskit.imagefolder._read_image, threading.Event()
 
     def slow_start(path, *args):  # the chunk with file 5 starts last: file 9 fails first in time
         if path == paths[4]:
@@ -880,14 +921,14 @@ def test_parallel_decode_reports_the_first_bad_file_in_order(tmp_path, monkeypat
             started.set()
         return read(path, *args)
 
-    monkeypatch.setattr(ipskit.data, "_read_image", slow_start)
+    monkeypatch.setattr(ipskit.imagefolder, "_read_image", slow_start)
     for _ in range(3):
         with pytest.raises(
             InputError, match=rf"^bad image file {paths[5]}: not an image file PIL can read"
         ):
-            ipskit.data._decode_images(paths, 4, "RGB", chunk=2, workers=4)
+            ipskit.imagefolder._decode_images(paths, 4, "RGB", chunk=2, workers=4)
         started.clear()
-    x, bad = ipskit.data._decode_images(paths, 4, "RGB", chunk=2, workers=4, skip_bad=True)
+    x, bad = ipskit.imagefolder._decode_images(paths, 4, "RGB", chunk=2, workers=4, skip_bad=True)
     assert list(bad) == [5, 9] and all(isinstance(e, InputError) for e in bad.values())
     good = [i for i in range(12) if i not in bad]
     assert torch.equal(x[good], torch.stack([read(paths[i], 4, "RGB") for i in good]))
