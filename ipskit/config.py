@@ -87,6 +87,13 @@ class TrainConfig:
         "For quick runs and tests.",
         group="data",
     )
+    skip_bad_files: bool = setting(
+        False,
+        "image folders: leave out files that cannot be read as images (counted in one warning "
+        "line) instead of stopping at the first. Off by default: a bad file is usually a "
+        "mistake worth fixing.",
+        group="data",
+    )
     augment: bool = setting(
         True,
         "the dataset's standard augmentation (random crop + flip where it makes sense). "

@@ -159,7 +159,8 @@ class _BadImageFile(InputError):
 
     def __init__(self, path: str, problem: str):
         super().__init__(
-            f"bad image file {path}: {problem}; fix or remove it, or load with skip_bad_files=True"
+            f"bad image file {path}: {problem}; fix or remove it, or skip such files "
+            f"(--skip-bad-files, skip_bad_files=True)"
         )
         self.path, self.problem = path, problem
 

@@ -292,7 +292,12 @@ def prepare_data(
     from ipskit.noise import noisy_labels
     from ipskit.pairs import SameClassPairSampler
 
-    bundle = load_dataset(cfg.dataset, root=cfg.data_root, image_size=cfg.image_size)
+    bundle = load_dataset(
+        cfg.dataset,
+        root=cfg.data_root,
+        image_size=cfg.image_size,
+        skip_bad_files=cfg.skip_bad_files,
+    )
     cfg.check_image_size(bundle.image_size)
     augment, train_set = bundle.augment, bundle.train_dataset
     if not cfg.augment:  # both pipelines: no augmentation

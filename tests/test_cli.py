@@ -88,6 +88,33 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_skip_bad_files_from_the_command_line(tmp_path, capsys, monkeypatch):
+    """An image folder with one unreadable file: one line and status 2, or with
+    --skip-bad-files the file is left out (counted in one warning) and the run trains."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 8)):
+        for c in ("cat", "dog"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "data" / split / c / f"{i}.png")
+    (tmp_path / "data" / "train" / "dog" / "notes.png").write_text("not an image")
+    monkeypatch.setenv("IPSKIT_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["train", *TINY, "--dataset", f"imagefolder:{tmp_path / 'data'}", "--batch-size", "16"]
+    argv += ["--out-dir", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.replace("\r", "\n")  # after the progress bars: one line
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert last.startswith("error: bad image file ") and "notes.png" in last
+    assert last.endswith("(--skip-bad-files, skip_bad_files=True)")
+    assert not (tmp_path / "runs").exists()
+    assert main([*argv, "--skip-bad-files"]) == 0
+    out = capsys.readouterr()
+    assert "notes.png" in out.err and "done: test accuracy" in out.out
+
+
 def test_existing_run_then_resume_and_overwrite(tmp_path, capsys):
     argv = ["train", "--method", "ce", *TINY, "--out-dir", str(tmp_path), "--name", "r"]
     assert main(argv) == 0

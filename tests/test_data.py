@@ -820,7 +820,7 @@ def test_a_bad_file_is_one_line_naming_it_or_skipped_on_request(tmp_path, capsys
     with pytest.raises(
         InputError,
         match=rf"^bad image file {data / 'dog' / name}: {problem}.*; fix or remove it, "
-        r"or load with skip_bad_files=True$",
+        r"or skip such files \(--skip-bad-files, skip_bad_files=True\)$",
     ) as e:
         load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache)
     assert "\n" not in str(e.value)
@@ -875,7 +875,7 @@ def test_a_broken_file_symlink_is_a_bad_file(tmp_path, capsys, kind):
         with pytest.raises(
             InputError,
             match=rf"^bad image file {re.escape(str(link))}: {problem}; fix or remove it, "
-            r"or load with skip_bad_files=True$",
+            r"or skip such files \(--skip-bad-files, skip_bad_files=True\)$",
         ):
             load_dataset(f"imagefolder:{data}", image_size=8, cache_dir=cache, **memory)
         capsys.readouterr()
