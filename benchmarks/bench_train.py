@@ -1,16 +1,27 @@
-"""Training speed on one machine: IPS vs CE step time, and the in-memory fast path vs a DataLoader.
+"""Training speed on one machine: IPS vs CE step time, eager and captured in a CUDA graph, and
+the in-memory fast path vs a DataLoader.
 
 IPS (Choi et al., 2025) forwards and back-propagates two images per sample (the two swapped
 sides of a pair), so at the same batch size its step does 2x the work of a CE step. How much
 time that takes depends on how the model scales with the batch on the machine (often not
 exactly 2x), so the table also times CE at twice the batch: IPS's step divided by that is the
-cost of pairing, swapping and the KL term alone. The second table compares one training
-epoch fed by ``ipskit.data.InMemoryLoader`` (uint8 tensor on the device, batch augmentation)
-with the standard ``torch.utils.data.DataLoader`` pipeline (per-item augmentation) on the same
-data, model and method.
+cost of pairing, swapping and the KL term alone.
+
+Steps are timed as training runs them: ``ipskit.step.TrainStep`` (the method's forward, loss,
+backward, optimizer update and the running sums) followed by ``scheduler.step()``, on one
+fixed batch already on the device. On CUDA every side is timed twice: eager (fused SGD, a
+float learning rate: training with ``--capture off``) and captured (``CapturedStep``: the
+whole step in one CUDA graph, fused SGD with the learning rate in a device tensor: training's
+default on one GPU); the warm-up steps and the capture happen before the timing. The captured
+step needs CUDA: on the CPU only the eager step is timed, with default SGD and a float learning
+rate (the setup earlier versions of this benchmark timed, so CPU numbers stay comparable).
+
+The second table compares one training epoch fed by ``ipskit.data.InMemoryLoader`` (uint8
+tensor on the device, batch augmentation) with the standard ``torch.utils.data.DataLoader``
+pipeline (per-item augmentation) on the same data, model and method (eager steps).
 
 Rounds are interleaved (A, B, A, B, ...) so that a machine that gets busier or quieter affects
-both sides alike; the tables give medians over rounds.
+every side alike; the tables give medians over rounds.
 
     python benchmarks/bench_train.py                      # digits 16x16, resnet8, batch 64
     python benchmarks/bench_train.py --device cuda --dataset cifar10 --batch-size 128
@@ -19,7 +30,10 @@ both sides alike; the tables give medians over rounds.
 
 On CUDA the steps run as training runs them by default: bf16 autocast and channels-last
 (``--no-amp``, ``--no-channels-last`` to turn them off). ``--quick`` (3 rounds of 3 steps, the
-epoch comparison on at most 1,024 training images) is a smoke run, not a measurement.
+epoch comparison on at most 1,024 training images) is a smoke run, not a measurement. The JSON
+(``--json``) has, per batch size, ce_ms, ips_ms, ce_2x_batch_ms, ips_over_ce and
+ips_over_ce_2x_batch (eager), and ce_graph_ms, ips_graph_ms, ce_2x_batch_graph_ms,
+ips_over_ce_graph and ips_over_ce_2x_batch_graph (captured; null on the CPU).
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ import ipskit.data
 from ipskit.config import TrainConfig
 from ipskit.methods import build_method
 from ipskit.models import build_model
+from ipskit.step import CapturedStep, TrainStep, use_tensor_lr
 from ipskit.train import prepare_data, resolve_device, train_one_epoch
 
 
@@ -65,6 +80,33 @@ def _setup(cfg: TrainConfig, device: torch.device, channels_last: bool = False):
     return data, model, method, opt, sched
 
 
+MODES = ("eager", "graph")  # graph: the step captured in a CUDA graph (CUDA only)
+
+
+def _step_side(data, cfg: TrainConfig, device: torch.device, amp: bool, channels_last: bool, mode):
+    """A model, optimizer, scheduler and step for one side of the step table, as training
+    builds them: on CUDA fused SGD (and, captured, the learning rate in a device tensor); on
+    the CPU default SGD with a float learning rate (as this benchmark always timed)."""
+    b = data.bundle
+    torch.manual_seed(0)  # the same initial weights for every side and mode
+    model = build_model(cfg.model, b.num_classes, b.in_channels, b.image_size, b.mean, b.std).to(
+        device
+    )
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    method = build_method(cfg, b.num_classes, b.image_size, b.mean)
+    fused = device.type == "cuda"
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, fused=fused or None)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    gen = torch.Generator(device=device).manual_seed(0)
+    if mode == "graph":
+        use_tensor_lr(opt, device)
+    step = TrainStep(model, method, opt, gen, amp=amp)
+    if mode == "graph":
+        step = CapturedStep(step, fallback=True, log=lambda line: None)
+    return step, sched
+
+
 def step_times(
     base: TrainConfig,
     device,
@@ -72,46 +114,65 @@ def step_times(
     steps: int,
     amp: bool = False,
     channels_last: bool = False,
-) -> dict[str, float]:
-    """Median seconds per optimisation step (data already on the device): ce and ips at
-    batch B, and ce at 2B images (the same images per step as ips: its floor on this machine,
-    since a model rarely costs exactly 2x at twice the batch). ``amp``: bf16 autocast;
-    ``channels_last``: model and batch in channels-last memory format (as training does)."""
-    sides = {}
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Median seconds per optimisation step (data already on the device), as training runs it
+    (``TrainStep``, then ``scheduler.step()``): ce and ips at batch B, and ce at 2B images (the
+    same images per step as ips: its floor on this machine, since a model rarely costs exactly
+    2x at twice the batch). ``amp``: bf16 autocast; ``channels_last``: model and batch in
+    channels-last memory format (as training does).
+
+    Returns ``({"eager": {side: s}, "graph": {side: s}}, notes)``: "graph" (the step captured
+    in a CUDA graph, warmed up and captured before the timing) only on CUDA, and only for the
+    sides whose capture worked; ``notes`` says why a side has no captured time."""
+    modes = MODES if device.type == "cuda" else MODES[:1]
     b = base.batch_size
+    sides, notes = {}, {}
     for name, cfg in (
         ("ce", base.replace(method="ce")),
         ("ips", base.replace(method="ips")),
         (f"ce, batch {2 * b}", base.replace(method="ce", batch_size=2 * b)),
     ):
-        data, model, method, opt, _ = _setup(cfg, device, channels_last)
+        data = prepare_data(cfg, device)
         data.train_loader.set_epoch(1)
         x, y = next(iter(data.train_loader))  # one fixed batch: B (ce) or 2B (ips) images
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        sides[name] = (model, method, opt, x, y)
-    gen = torch.Generator(device=device).manual_seed(0)
-    times = {name: [] for name in sides}
+        for mode in modes:
+            step, sched = _step_side(data, cfg, device, amp, channels_last, mode)
+            try:
+                # Eager: 2 warm-up steps. Captured: the eager warm-up, the capture, a replay.
+                for _ in range(step.warmup + 2 if mode == "graph" else 2):
+                    step(x, y)
+                    sched.step()
+                _sync(device)
+            except Exception as err:  # a capture that fails is reported, not fatal
+                if mode != "graph":
+                    raise
+                notes[name] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:120]}"
+                continue
+            if mode == "graph" and step.mode != "graph":
+                notes[name] = f"capture failed: {step.error}"
+                continue
+            sides[name, mode] = (step, sched, x, y)
+    times = {key: [] for key in sides}
 
-    def run(name, n):
-        model, method, opt, x, y = sides[name]
+    def run(key, n):
+        step, sched, x, y = sides[key]
         for _ in range(n):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = method.step(model, x, y, gen)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            opt.step()
+            step(x, y)
+            sched.step()
 
-    for name in sides:
-        run(name, 2)  # warm-up
     for _ in range(rounds):
-        for name in sides:
+        for key in sides:
             _sync(device)
             t = time.perf_counter()
-            run(name, steps)
+            run(key, steps)
             _sync(device)
-            times[name].append((time.perf_counter() - t) / steps)
-    return {name: statistics.median(v) for name, v in times.items()}
+            times[key].append((time.perf_counter() - t) / steps)
+    out = {mode: {} for mode in modes}
+    for (name, mode), v in times.items():
+        out[mode][name] = statistics.median(v)
+    return out, notes
 
 
 def epoch_times(
@@ -155,6 +216,74 @@ def epoch_times(
                 times[name][0].append(t_data)
                 times[name][1].append(time.perf_counter() - t)
     return {name: (statistics.median(d), statistics.median(e)) for name, (d, e) in times.items()}
+
+
+def _ms(t: float | None) -> str:
+    return "-" if t is None else f"{1000 * t:.2f}"
+
+
+def _ratio(t: float | None, ref: float | None) -> str:
+    return "-" if t is None or ref is None else f"{t / ref:.2f}"
+
+
+def step_table(batch: int, st: dict, notes: dict) -> str:
+    """The markdown step table of one batch size: ms per step eager and captured ("-" where
+    not timed), x ce and x ce at 2x batch (eager, and captured where timed)."""
+    eager, graph = st["eager"], st.get("graph")
+    floor = f"ce, batch {2 * batch}"
+    cols = ["ms / step eager", "ms / step captured"]
+    cols += (
+        ["x ce eager", "x ce captured", "x ce at 2x batch eager", "x ce at 2x batch captured"]
+        if graph is not None
+        else ["x ce", "x ce at 2x batch"]
+    )
+    lines = [
+        f"| method (batch {batch}) | " + " | ".join(cols) + " |",
+        "| --- |" + " --- |" * len(cols),
+    ]
+    for side, t in eager.items():
+        g = None if graph is None else graph.get(side)
+        cells = [_ms(t), _ms(g)]
+        if graph is None:
+            cells += [_ratio(t, eager["ce"]), _ratio(t, eager[floor])]
+        else:
+            cells += [
+                _ratio(t, eager["ce"]),
+                _ratio(g, graph.get("ce")),
+                _ratio(t, eager[floor]),
+                _ratio(g, graph.get(floor)),
+            ]
+        lines.append(f"| {side} | " + " | ".join(cells) + " |")
+    lines += [f"\n{side}: no captured time ({why})" for side, why in notes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def step_row(batch: int, st: dict, notes: dict) -> dict:
+    """The JSON of one batch size: eager times under the keys earlier versions wrote, captured
+    ones under *_graph_* (None where not timed, as on the CPU)."""
+    floor = f"ce, batch {2 * batch}"
+
+    def ms(t):
+        return None if t is None else 1000 * t
+
+    def ratio(t, ref):
+        return None if t is None or ref is None else t / ref
+
+    e, g = st["eager"], st.get("graph") or {}
+    return {
+        "batch_size": batch,
+        "ce_ms": ms(e["ce"]),
+        "ips_ms": ms(e["ips"]),
+        "ce_2x_batch_ms": ms(e[floor]),
+        "ips_over_ce": ratio(e["ips"], e["ce"]),
+        "ips_over_ce_2x_batch": ratio(e["ips"], e[floor]),
+        "ce_graph_ms": ms(g.get("ce")),
+        "ips_graph_ms": ms(g.get("ips")),
+        "ce_2x_batch_graph_ms": ms(g.get(floor)),
+        "ips_over_ce_graph": ratio(g.get("ips"), g.get("ce")),
+        "ips_over_ce_2x_batch_graph": ratio(g.get("ips"), g.get(floor)),
+        "graph_errors": notes,
+    }
 
 
 def main() -> None:
@@ -234,6 +363,19 @@ def main() -> None:
         f"({name}), amp {amp}, channels-last {channels_last}, {a.rounds} interleaved rounds "
         f"(medians)\n"
     )
+    if device.type == "cuda":
+        print(
+            "Steps as training runs them (TrainStep, then the scheduler): eager with fused SGD "
+            "and a float lr (--capture off), and captured in a CUDA graph (CapturedStep, fused "
+            "SGD, lr in a device tensor: training's default on one GPU), warmed up and captured "
+            "before the timing.\n"
+        )
+    else:
+        print(
+            "Steps as training runs them (TrainStep, then the scheduler), eager, with default "
+            f"SGD and a float lr. The captured step (a CUDA graph) needs CUDA: not timed on "
+            f"{device.type}.\n"
+        )
     report = {
         "model": a.model,
         "dataset": a.dataset,
@@ -244,30 +386,15 @@ def main() -> None:
         "channels_last": channels_last,
         "rounds": a.rounds,
         "steps_per_round": a.steps,
+        "captured": device.type == "cuda",
         "steps": [],
     }
     for batch in a.batch_size:
-        st = step_times(
+        st, notes = step_times(
             base.replace(batch_size=batch), device, a.rounds, a.steps, amp, channels_last
         )
-        floor = st[f"ce, batch {2 * batch}"]
-        print(
-            f"| method (batch {batch}) | ms / step | x ce | x ce at 2x batch |\n"
-            f"| --- | --- | --- | --- |"
-        )
-        for side, t in st.items():
-            print(f"| {side} | {1000 * t:.1f} | {t / st['ce']:.2f} | {t / floor:.2f} |")
-        print(flush=True)
-        report["steps"].append(
-            {
-                "batch_size": batch,
-                "ce_ms": 1000 * st["ce"],
-                "ips_ms": 1000 * st["ips"],
-                "ce_2x_batch_ms": 1000 * floor,
-                "ips_over_ce": st["ips"] / st["ce"],
-                "ips_over_ce_2x_batch": st["ips"] / floor,
-            }
-        )
+        print(step_table(batch, st, notes), flush=True)
+        report["steps"].append(step_row(batch, st, notes))
     print(
         "ips forwards and back-propagates 2 images per sample: 2.00x the work of ce, and "
         "exactly the work of ce at twice the batch (the last column: IPS's own overhead).\n"

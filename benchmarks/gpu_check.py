@@ -24,27 +24,46 @@ a stage that no longer fits is skipped. A failed run or stage is reported, never
   1. data     unpack --tarball if --data is missing; load the folder once (checks it and fills
               ipskit's decoded-image cache where there is one).
   2. bench    benchmarks/bench_swap.py and bench_train.py (ce vs ips steps, ResNet-18 at
-              32x32, batch 128, 256 and 512) on the otherwise idle GPU.
+              32x32, batch 128, 256 and 512, each eager and captured in a CUDA graph) on the
+              otherwise idle GPU.
   3. runs     the reference runs: ResNet-18, 15 epochs, batch 128, lr 0.1 on the image
               folder; ce and ips x seeds 0, 1, 2; label_smoothing, cskd, cutmix, mixup,
               ips+cutmix x seed 0. Each is its own ``python -m ipskit train`` process with its
-              own log, --jobs of them sharing the GPU (pair methods first: they take longest);
-              each finished run is evaluated (``ipskit eval --max-samples 2000``) in the next
-              free slot. Alongside, outside the slots:
-     tests    ``pytest -m cuda tests/test_cuda.py`` with a junit xml.
+              own log. ips seed 0 trains first and alone (nothing else on the GPU; its step
+              captured in a CUDA graph, training's default): its wall time is the "15-epoch
+              IPS run in <= 45 s" target. It has 90 s alone (twice the target); stopped
+              there, it resumes among the others. Then --jobs of the rest share the GPU
+              (pair methods first: they take longest); each finished run is evaluated
+              (``ipskit eval --max-samples 2000``) in the next free slot. Alongside those,
+              outside the slots:
+     tests    ``pytest -m cuda tests/test_cuda.py`` with a junit xml;
+     ddp      ``python -m torch.distributed.run --standalone --nproc_per_node=1 -m ipskit
+              train --method ips --epochs 1 ...``: one process joins an nccl process group (gloo
+              on the CPU) and trains under DDP, with its own log. A one-GPU machine cannot run
+              two nccl ranks, so this checks the nccl group and the DDP wrapping with one rank.
   4. compare  ``ipskit compare`` on the evaluated runs: compare/compare.md and figures.
 
-Under --out: summary.md (tables: mean +- sd top-1 %, NLL and ECE of the last epoch per method;
-stage timings; device, torch, commit), summary.json (the same, and the benchmark numbers),
-cuda-tests.xml, bench/, runs/<method>-s<seed>/ (run folders; ips+cutmix is ips-cutmix-s0, as
-in results/: the lent machine sends back only names of letters, digits, '.', '_' and '-'),
+Under --out: summary.md (the speed targets, each measured value with met / not met / not
+measured; step times captured vs eager per batch size; the torchrun run; tables: mean +- sd
+top-1 %, NLL and ECE of the last epoch per method; stage timings; device, torch, commit),
+summary.json (the same, and the benchmark numbers), cuda-tests.xml, bench/,
+runs/<method>-s<seed>/ (run folders; ips+cutmix is ips-cutmix-s0, as in results/: the lent
+machine sends back only names of letters, digits, '.', '_' and '-'), ddp/ (the torchrun run),
 logs/ (one log per process) and compare/.
+
+The targets (one H200, ResNet-18, 32x32): a captured CE step <= 2.8 ms at batch 128; a captured
+IPS step <= 1.1x a captured CE step at batch 256; the 15-epoch IPS run alone, evaluating each
+epoch, <= 45 s wall (its summary.json's wall_time_s); patch_swap <= 10 kernels a call; patch_swap
+<= 2x the two-`where` floor at batch 256 on the GPU. Timings are judged only at full scale on
+CUDA; --tiny shows its CPU values as not measured.
+
 The exit status is 0 when no stage failed, timed out or was left out for lack of time.
 
 ``--tiny`` runs the same code path on the CPU in about a minute: a CIFAR-shaped tarball
 made from scikit-learn's digits (16x16 RGB JPEGs, 300 train / 80 test), smallcnn, 1 epoch,
-256 training images, ce and ips x 2 seeds, 2 jobs at once, the benchmarks at their quickest
-and the CUDA tests invoked (all skipped without a GPU). tests/test_gpu_check.py runs it.
+256 training images, ce and ips x 2 seeds (ips seed 0 alone first), 2 jobs at once, the
+benchmarks at their quickest (eager steps only), the CUDA tests invoked (all skipped without a
+GPU) and the torchrun run over gloo. tests/test_gpu_check.py runs it.
 """
 
 from __future__ import annotations
@@ -54,6 +73,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -66,7 +86,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("data", "bench", "runs", "tests", "compare")
+STAGES = ("data", "bench", "runs", "tests", "ddp", "compare")
+DDP_RUN = "ips-torchrun-x1"  # the one-process torchrun run, under OUT/ddp/
 
 
 @dataclass(frozen=True)
@@ -83,6 +104,8 @@ class Scale:
     image_size: int | None  # None: the data's own (32 for CIFAR-10)
     max_train_samples: int | None
     runs: tuple[tuple[str, int], ...]  # (method, seed), in the order of the tables
+    solo: tuple[str, int]  # the run trained alone first: its wall time is a target
+    target_batches: tuple[int, int]  # bench batch sizes of the CE-step and IPS/CE targets
     bench_swap: tuple[str, ...]  # flags for benchmarks/bench_swap.py
     bench_train: tuple[str, ...]  # flags for benchmarks/bench_train.py
     eval_flags: tuple[str, ...]  # shared by ipskit eval and compare, so compare hits the cache
@@ -104,6 +127,8 @@ FULL = Scale(
         *((m, s) for m in ("ce", "ips") for s in (0, 1, 2)),
         *((m, 0) for m in ("label_smoothing", "cskd", "cutmix", "mixup", "ips+cutmix")),
     ),
+    solo=("ips", 0),
+    target_batches=(128, 256),
     bench_swap=(),
     bench_train=(
         "--model",
@@ -120,8 +145,10 @@ FULL = Scale(
         "4096",
     ),
     eval_flags=("--max-samples", "2000"),
-    # Measured on an H200: a 15-epoch ResNet-18 run 75-100 s alone, 100-190 s with 4-6 sharing.
-    caps={"data": 120, "bench": 90, "tests": 240, "compare": 40},
+    # Measured on an H200 (eager steps): a 15-epoch ResNet-18 run 75-100 s alone, 100-190 s
+    # with 4-6 sharing; the captured step aims at <= 45 s alone. solo: the run alone first
+    # (stopped there and resumed among the others past it); ddp: the one-process torchrun run.
+    caps={"data": 120, "bench": 110, "solo": 90, "tests": 240, "ddp": 120, "compare": 40},
     floors={"runs": 200, "compare": 30},
 )
 
@@ -136,6 +163,8 @@ TINY = Scale(
     image_size=16,
     max_train_samples=256,
     runs=(("ce", 0), ("ce", 1), ("ips", 0), ("ips", 1)),
+    solo=("ips", 0),
+    target_batches=(16, 16),
     bench_swap=("--quick",),
     bench_train=("--model", "smallcnn", "--batch-size", "16", "--quick"),
     eval_flags=(
@@ -152,7 +181,7 @@ TINY = Scale(
         "3",
     ),
     # Generous: a rehearsal on a busy 2-core machine takes 1-2 minutes and must not time out.
-    caps={"data": 120, "bench": 120, "tests": 300, "compare": 120},
+    caps={"data": 120, "bench": 120, "solo": 120, "tests": 300, "ddp": 120, "compare": 120},
     floors={"runs": 60, "compare": 20},
 )
 
@@ -178,6 +207,7 @@ class Job:
     log: Path
     timeout: float = math.inf  # seconds from its start
     append: bool = True  # add to the log (a resumed run keeps its history) or start it anew
+    env: dict = field(default_factory=dict)  # environment variables of this job only
     status: str = "queued"  # queued | running | finished | failed | timeout | not started
     rc: int | None = None
     seconds: float = 0.0
@@ -192,7 +222,11 @@ class Job:
         self.out.flush()
         self.start, self.status = time.monotonic(), "running"
         self.proc = subprocess.Popen(
-            [str(c) for c in self.cmd], cwd=ROOT, env=env, stdout=self.out, stderr=subprocess.STDOUT
+            [str(c) for c in self.cmd],
+            cwd=ROOT,
+            env={**env, **self.env},
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
         )
 
     def end(self, status: str) -> None:
@@ -270,6 +304,7 @@ class Stage:
     status: str = "not run"  # passed | failed | timeout | skipped | not run
     seconds: float = 0.0
     detail: str = ""
+    started_s: float | None = None  # seconds after the check began
 
 
 class Check:
@@ -287,6 +322,10 @@ class Check:
         self.deadline = self.t0 + self.budget
         self.stages = {name: Stage(name) for name in STAGES}
         self.runs: dict[str, dict] = {}  # name -> method, seed, train / eval Job
+        self.solo: dict = {}  # the run trained alone first: name, Job (or "kept")
+        # what an earlier call with this --out found (its solo run, when this call keeps it)
+        self.earlier = read_json(self.out / "summary.json", {}) or {}
+        self.ddp: dict = {}  # how the one-process torchrun run went
         self.info: dict = {}
         threads = max(1, (os.cpu_count() or 1) // self.jobs)  # no oversubscribed CPU ops
         self.env = {
@@ -321,6 +360,7 @@ class Check:
     def finish(self, stage: Stage, status: str, started: float, detail: str = "") -> None:
         stage.status, stage.detail = status, detail
         stage.seconds = time.monotonic() - started
+        stage.started_s = started - self.t0
         self.say(
             f"== {stage.name}: {status} in {stage.seconds:.1f} s{': ' + detail if detail else ''}"
         )
@@ -544,10 +584,61 @@ class Check:
             timeout=self.scale.caps["tests"],
         )
 
+    def ddp_job(self) -> Job:
+        """One process under torchrun: it joins a process group (nccl on CUDA, gloo on the CPU)
+        and trains under DDP, which is all a one-GPU machine can check of the multi-GPU path."""
+        s = self.scale
+        cmd = self.python(
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=1",
+            "-m",
+            "ipskit",
+            "train",
+            "--dataset",
+            f"imagefolder:{self.data}",
+            "--model",
+            s.model,
+            "--method",
+            "ips",
+            "--seed",
+            0,
+            "--epochs",
+            1,
+            "--batch-size",
+            s.batch_size,
+            "--lr",
+            s.lr,
+            "--device",
+            self.device,
+            "--out-dir",
+            self.out / "ddp",
+            "--name",
+            DDP_RUN,
+            "--no-progress",
+            "--overwrite",
+        )
+        if s.image_size:
+            cmd += ["--image-size", s.image_size]
+        if s.max_train_samples:
+            cmd += ["--max-train-samples", s.max_train_samples]
+        return Job(
+            "torchrun x1",
+            "ddp",
+            cmd,
+            self.out / "logs" / "torchrun.log",
+            timeout=self.scale.caps["ddp"],
+            append=False,
+            # NCCL's start-up lines (its version) show in the log that nccl ran
+            env={"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT"},
+        )
+
     def stage_runs(self) -> None:
         stage, started = self.stages["runs"], time.monotonic()
         want_runs = "runs" in self.stages_wanted and self.stages["data"].status != "failed"
         queue, counts = [], {"train": 0, "eval": 0}
+        solo_name = run_name(*self.scale.solo)
         if want_runs:
             # Pair methods first: they forward two images a sample and finish last otherwise.
             for method, seed in sorted(self.scale.runs, key=lambda r: not uses_pairs(r[0])):
@@ -561,19 +652,39 @@ class Check:
                     self.runs[name]["train"] = self.train_job(method, seed)
                     queue.append(self.runs[name]["train"])
             queue += [r["eval"] for r in self.runs.values() if r["eval"] is not None]
-        extra = (self.tests_job(),) if "tests" in self.stages_wanted else ()
+        solo = self.runs.get(solo_name, {}).get("train")
+        if isinstance(solo, Job):  # trained alone, before everything else of this stage
+            queue.remove(solo)
+            solo.timeout = self.scale.caps["solo"]
+            self.solo = {"name": solo_name, "job": solo}
+        elif solo == "kept":
+            self.solo = {"name": solo_name, "job": "kept"}
+        extra = tuple(
+            job()
+            for name, job in (("tests", self.tests_job), ("ddp", self.ddp_job))
+            if name in self.stages_wanted
+            and (name != "ddp" or self.stages["data"].status != "failed")
+        )
+        if "ddp" in self.stages_wanted and self.stages["data"].status == "failed":
+            self.stages["ddp"].status, self.stages["ddp"].detail = "skipped", "no data"
         n_train = sum(isinstance(r["train"], Job) for r in self.runs.values())
 
         def on_done(job: Job) -> None:
+            nonlocal n_train
             if job.kind == "tests":
                 return self.finish_tests(job)
+            if job.kind == "ddp":
+                return self.finish_ddp(job)
             counts[job.kind] += 1
             run = next(r for r in self.runs.values() if job in (r["train"], r["eval"]))
             name = run_name(run["method"], run["seed"])
             r = read_run(self.out / "runs" / name)
+            alone = " alone" if job is self.solo.get("job") else ""
+            if alone:
+                self.solo["epochs_alone"] = r["epochs_done"]
             if job.kind == "train" and r.get("status") == "finished":
                 self.say(
-                    f"[train {counts['train']}/{n_train}] {name} finished in "
+                    f"[train {counts['train']}/{n_train}] {name} finished{alone} in "
                     f"{job.seconds:.0f} s: top-1 {100 * r['test_acc']:.2f}%, NLL "
                     f"{r['test_loss']:.3f}, ECE {r['ece']:.3f}"
                 )
@@ -586,9 +697,13 @@ class Check:
                     else f"(exit {job.rc}): {job.tail(1)}"
                 )
                 self.say(
-                    f"[train {counts['train']}/{n_train}] {name} {job.status.upper()} "
+                    f"[train {counts['train']}/{n_train}] {name} {job.status.upper()}{alone} "
                     f"after {job.seconds:.0f} s {why}; log logs/{job.log.name}"
                 )
+                if alone and job.status == "timeout":  # finish it among the others
+                    run["train"] = self.train_job(run["method"], run["seed"])
+                    queue.insert(0, run["train"])
+                    n_train += 1
             else:
                 self.say(f"[eval] {name}: {job.status} in {job.seconds:.0f} s")
             self.write_summary()
@@ -597,9 +712,19 @@ class Check:
         if seconds < 1:
             for job in queue:
                 job.status = "not started"
-            self.stages["tests"].status, self.stages["tests"].detail = "skipped", "out of time"
+            for name in ("tests", "ddp"):
+                self.stages[name].status, self.stages[name].detail = "skipped", "out of time"
             return self.finish(stage, "skipped", started, "out of time")
-        run_jobs(queue, self.jobs, time.monotonic() + seconds, self.env, on_done, extra)
+        until = time.monotonic() + seconds
+        if self.solo.get("job") not in (None, "kept"):
+            self.say(f"{solo_name} alone first (nothing else on the device): its wall time")
+            run_jobs([self.solo["job"]], 1, until, self.env, on_done)
+            if until - time.monotonic() < 1:  # the solo run took the stage's time
+                for job in extra:
+                    self.stages[job.kind].status = "skipped"
+                    self.stages[job.kind].detail = "out of time"
+                extra = ()
+        run_jobs(queue, self.jobs, until, self.env, on_done, extra)
         if not want_runs:
             return self.finish(
                 stage,
@@ -635,6 +760,46 @@ class Check:
             f"{counts[k]} {k}" for k in ("passed", "skipped", "failures", "errors") if counts.get(k)
         )
         self.finish(stage, status, job.start, detail or job.tail(1))
+
+    def finish_ddp(self, job: Job) -> None:
+        """Passed: torchrun exited 0, the run finished and its log says "x1 (DDP)"."""
+        run = read_run(self.out / "ddp" / DDP_RUN)
+        try:
+            log = job.log.read_text(errors="replace")
+        except OSError:
+            log = ""
+        nccl = re.search(r"NCCL version (\S+)", log)
+        cuda = self.device.startswith("cuda")
+        ddp = {
+            "command": "python " + " ".join(map(str, job.cmd[1:])),
+            "backend": "nccl" if cuda else "gloo",
+            "nccl_version": nccl.group(1) if nccl else None,
+            "ddp_wrapped": "x1 (DDP)" in log,
+            "status": job.status,
+            "seconds": job.seconds,
+            "epoch_time_s": run.get("epoch_time_s"),
+            "train_step": run.get("train_step"),
+            "log": f"logs/{job.log.name}",
+        }
+        self.ddp = ddp
+        ok = job.status == "finished" and run.get("status") == "finished" and ddp["ddp_wrapped"]
+        if ok:
+            status = "passed"
+            detail = (
+                f"1 rank over {ddp['backend']}"
+                + (f" (NCCL {ddp['nccl_version']})" if ddp["nccl_version"] else "")
+                + f", DDP: 1 ips epoch in {ddp['epoch_time_s']:.1f} s "
+                f"({job.seconds:.0f} s with start-up)"
+            )
+        else:
+            status = "timeout" if job.status == "timeout" else "failed"
+            detail = (
+                "no 'x1 (DDP)' in its log"
+                if job.status == "finished" and not ddp["ddp_wrapped"]
+                else job.tail(1)
+            ) + f" (log {ddp['log']})"
+        ddp["status"] = status
+        self.finish(self.stages["ddp"], status, job.start, detail)
 
     # ----- 4. compare
     def stage_compare(self) -> None:
@@ -693,7 +858,7 @@ class Check:
                     self.stages[name].status, self.stages[name].detail = "skipped", "out of time"
                 else:
                     step()
-            if {"runs", "tests"} & set(self.stages_wanted):
+            if {"runs", "tests", "ddp"} & set(self.stages_wanted):
                 self.stage_runs()
             if "compare" in self.stages_wanted:
                 self.stage_compare()
@@ -728,10 +893,48 @@ class Check:
                     "epochs_done": s.get("epochs_done", 0),
                     "eval": r["eval"].status if isinstance(r["eval"], Job) else None,
                     **{k: s.get(k) for k in ("test_acc", "test_loss", "ece", "wall_time_s")},
+                    "train_step": s.get("train_step"),
+                    "started_s": self.started_s(
+                        self.solo["job"] if name == self.solo.get("name") else r["train"]
+                    ),
                     "log": f"logs/{name}.log",
                 }
             )
         return rows
+
+    def started_s(self, job) -> float | None:
+        """When ``job`` started, in seconds since the check began (None: not started)."""
+        return job.start - self.t0 if isinstance(job, Job) and job.start else None
+
+    def solo_row(self) -> dict | None:
+        """The run trained alone first: whether it finished alone, and its wall time."""
+        if not self.solo:
+            return None
+        name, job = self.solo["name"], self.solo["job"]
+        r = read_run(self.out / "runs" / name)
+        started = self.started_s(job)
+        if job == "kept":  # finished in an earlier call: as that call reported it, if it did
+            earlier = self.earlier.get("solo") or {}
+            if earlier.get("name") == name:
+                return {**earlier, "kept": True, "started_s": None, "ended_s": None}
+            status, alone = "kept", None
+        else:
+            status = job.status
+            alone = status == "finished" and r.get("status") == "finished"
+        return {
+            "name": name,
+            "status": status,
+            "alone": alone,
+            "wall_time_s": r.get("wall_time_s") if alone is not False else None,
+            "job_s": job.seconds if isinstance(job, Job) and job.status != "queued" else None,
+            "train_step": r.get("train_step"),
+            "epochs_done": self.solo.get("epochs_alone", r["epochs_done"]),  # alone
+            "epochs": self.scale.epochs,
+            "started_s": started,
+            "ended_s": started + job.seconds
+            if started is not None and job.status not in ("queued", "running")
+            else None,
+        }
 
     def method_rows(self, rows: list) -> list:
         out = []
@@ -762,7 +965,7 @@ class Check:
         rows = self.run_rows()
         methods = self.method_rows(rows)
         bench = {k: read_json(self.out / "bench" / f"{k}.json") for k in ("swap", "train")}
-        s = self.scale
+        s, solo = self.scale, self.solo_row()
         summary = {
             "info": self.info,
             "tiny": bool(self.args.tiny),
@@ -780,6 +983,9 @@ class Check:
             "stages": {k: asdict(v) for k, v in self.stages.items()},
             "methods": methods,
             "runs": rows,
+            "solo": solo,
+            "ddp": self.ddp or None,
+            "targets": target_rows(bench, solo, s, bool(self.args.tiny), self.device),
             "bench": bench,
         }
         self.out.mkdir(parents=True, exist_ok=True)
@@ -874,10 +1080,204 @@ def make_tiny_tarball(path: Path, top: str) -> None:
     shutil.rmtree(staging)
 
 
+# ----- targets ---------------------------------------------------------------------------------
+def target_rows(bench: dict, solo: dict | None, scale: Scale, tiny: bool, device: str) -> list:
+    """The speed targets of one H200 (ResNet-18, 32x32), each with what this check measured
+    and "met", "not met" or "not measured". Timings are judged only at full scale on CUDA (a
+    --tiny rehearsal shows its CPU values, "not measured"); kernel counts wherever counted."""
+    train, swap = (bench or {}).get("train") or {}, (bench or {}).get("swap") or {}
+    steps = {row["batch_size"]: row for row in train.get("steps", [])}
+    on = train.get("device", device)
+    full_gpu = not tiny and device.startswith("cuda")
+    rows = []
+
+    def add(target, goal, limit, value, measured, judged, unit, status=None):
+        if status is None:
+            if value is None or not judged:
+                status = "not measured"
+            else:
+                status = "met" if value <= limit else "not met"
+        rows.append(
+            {
+                "target": target,
+                "goal": goal,
+                "limit": limit,
+                "unit": unit,
+                "value": value,
+                "measured": measured,
+                "status": status,
+            }
+        )
+
+    # 1. CE step at batch 128, captured. 2. IPS / CE step at batch 256, captured.
+    b_ce, b_ips = scale.target_batches
+    row = steps.get(b_ce)
+    value = row and row.get("ce_graph_ms")
+    if row is None:
+        measured = "no step timings" + (f" at batch {b_ce}" if steps else "")
+    elif value is None:
+        measured = f"no captured step on {on}; eager {row['ce_ms']:.2f} ms at batch {b_ce}"
+    else:
+        measured = f"{value:.2f} ms captured, {row['ce_ms']:.2f} ms eager (batch {b_ce})"
+    add("CE step at batch 128, captured", "<= 2.8 ms", 2.8, value, measured, full_gpu, "ms")
+    row = steps.get(b_ips)
+    value = row and row.get("ips_over_ce_graph")
+    if row is None:
+        measured = "no step timings" + (f" at batch {b_ips}" if steps else "")
+    elif value is None:
+        measured = f"no captured step on {on}; eager {row['ips_over_ce']:.2f}x at batch {b_ips}"
+    else:
+        measured = (
+            f"{value:.2f}x captured ({row['ips_graph_ms']:.2f} / {row['ce_graph_ms']:.2f} ms), "
+            f"{row['ips_over_ce']:.2f}x eager (batch {b_ips})"
+        )
+    add("IPS step / CE step at batch 256, captured", "<= 1.1x", 1.1, value, measured, full_gpu, "x")
+
+    # 3. The 15-epoch IPS run alone, evaluation each epoch.
+    status, value = None, None
+    if solo is None:
+        measured = "not run"
+    elif solo["alone"] is False:
+        measured = {
+            "timeout": f"{solo['name']} stopped after {solo['job_s'] or 0:.0f} s alone (its cap) "
+            f"at epoch {solo['epochs_done']}/{solo['epochs']}, then resumed among the others",
+            "failed": f"{solo['name']} failed alone after {solo['job_s'] or 0:.0f} s",
+        }.get(solo["status"], f"{solo['name']}: {solo['status']}")
+        status = "not met" if solo["status"] == "timeout" and full_gpu else None
+    else:
+        value = solo["wall_time_s"]
+        measured = (
+            f"{value:.1f} s, train step {solo['train_step']}"
+            + (
+                f" ({solo['job_s']:.0f} s with the process start-up)"
+                if solo["job_s"]
+                else " (finished in an earlier call of the check)"
+            )
+            + ("; measured by an earlier call of the check" if solo.get("kept") else "")
+            + (
+                ""
+                if full_gpu
+                else f"; a rehearsal: {scale.model}, {scale.epochs} epoch"
+                f"{'s' if scale.epochs != 1 else ''} on {device}"
+            )
+        )
+    add(
+        "15-epoch IPS run alone, evaluation each epoch (CIFAR-10)",
+        "<= 45 s",
+        45.0,
+        value,
+        measured,
+        full_gpu,
+        "s",
+        status,
+    )
+
+    # 4. Kernels of one patch_swap call (counted, so judged on any device).
+    op = next((o for o in swap.get("ops", []) if o["op"].startswith("patch_swap")), None)
+    value = op and op["kernels"]
+    measured = (
+        "no op counts"
+        if op is None
+        else f"{value} kernels, {op['views']} views, {op['syncs']} host syncs "
+        f"({op['op']}, counted on {swap.get('device')})"
+    )
+    add("patch_swap kernels a call", "<= 10", 10, value, measured, True, "kernels")
+
+    # 5. patch_swap time vs the two-`where` floor at B=256, 32x32, on a GPU.
+    case = next(
+        (c for c in swap.get("swap", []) if c["batch"] == 256 and c["image"][1:] == [32, 32]),
+        None,
+    )
+    value = case and case["ipskit_ms"] / case["floor_ms"]
+    on = swap.get("device", device)
+    measured = (
+        "no swap timings at batch 256"
+        if case is None
+        else f"{value:.2f}x ({case['ipskit_ms']:.3f} / {case['floor_ms']:.3f} ms) on {on}"
+        + ("" if on.startswith("cuda") else ": the target is for a GPU")
+    )
+    add(
+        "patch_swap time / two-`where` floor at B=256 (3x32x32, grid 8), GPU",
+        "<= 2x",
+        2.0,
+        value,
+        measured,
+        on.startswith("cuda") and not tiny,
+        "x",
+    )
+    return rows
+
+
 def _fmt(mean, sd, scale=1.0, digits=2) -> str:
     if mean is None:
         return "-"
     return f"{scale * mean:.{digits}f}" + ("" if sd is None else f" ± {scale * sd:.{digits}f}")
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def render_targets(s: dict) -> list:
+    """summary.md's Targets section, the step times captured vs eager, and the torchrun run."""
+    device = s["info"].get("device_name", "unknown")
+    lines = [
+        "",
+        f"## Targets ({device})",
+        "",
+        "For one H200, ResNet-18 at 32x32. "
+        + (
+            "A --tiny rehearsal on the CPU measures none of them at their scale: its values "
+            "are shown, marked not measured (kernel counts excepted)."
+            if s["tiny"]
+            else "Step times from bench/train.json (captured: the whole step in a CUDA graph)."
+        ),
+        "",
+        "| target | goal | measured | status |",
+        "|---|---|---|---|",
+    ]
+    for t in s.get("targets", []):
+        lines.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {t['status']} |")
+    steps = ((s.get("bench") or {}).get("train") or {}).get("steps") or []
+    if steps:
+        lines += [
+            "",
+            "### Training step, ms: captured (CUDA graph) vs eager",
+            "",
+            "| batch | ce eager | ce captured | ips eager | ips captured | ce at 2x batch eager "
+            "| ce at 2x batch captured | ips / ce eager | ips / ce captured |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in steps:
+            ratio = r.get("ips_over_ce_graph")
+            lines.append(
+                f"| {r['batch_size']} | {_ms(r['ce_ms'])} | {_ms(r.get('ce_graph_ms'))} | "
+                f"{_ms(r['ips_ms'])} | {_ms(r.get('ips_graph_ms'))} | "
+                f"{_ms(r['ce_2x_batch_ms'])} | {_ms(r.get('ce_2x_batch_graph_ms'))} | "
+                f"{r['ips_over_ce']:.2f}x | {'-' if ratio is None else f'{ratio:.2f}x'} |"
+            )
+        if not any(r.get("ce_graph_ms") is not None for r in steps):
+            lines += ["", "No captured times: the captured step needs CUDA."]
+    ddp = s.get("ddp")
+    lines += ["", "## torchrun, one process (DDP)", ""]
+    if ddp:
+        epoch = ddp.get("epoch_time_s")
+        lines.append(
+            f"`{ddp['command']}`: **{ddp['status']}**; one rank over {ddp['backend']}"
+            + (f" (NCCL {ddp['nccl_version']})" if ddp.get("nccl_version") else "")
+            + (", wrapped in DDP (its log says x1 (DDP))" if ddp["ddp_wrapped"] else "")
+            + (f"; the epoch took {epoch:.1f} s" if epoch is not None else "")
+            + f" ({ddp['seconds']:.0f} s with torchrun's start-up; log {ddp['log']})."
+        )
+    else:
+        lines.append("Not run.")
+    lines += [
+        "",
+        "A one-GPU machine cannot run two nccl ranks, so this checks the nccl process group and "
+        "the DDP wrapping with one rank only (two ranks run on the CPU over gloo in "
+        "tests/test_ddp.py).",
+    ]
+    return lines
 
 
 def render_markdown(s: dict, out: Path) -> str:
@@ -901,6 +1301,8 @@ def render_markdown(s: dict, out: Path) -> str:
             f"| {st['name']} | {st['status']} | {st['seconds']:.1f} | "
             f"{st['detail'].replace('|', '/')} |"
         )
+    lines += render_targets(s)
+    solo = s.get("solo")
     lines += [
         "",
         "## Reference runs: last epoch, mean ± sd over seeds",
@@ -912,7 +1314,13 @@ def render_markdown(s: dict, out: Path) -> str:
             if recipe["max_train_samples"]
             else ""
         )
-        + "; the whole test set; runs shared the device, so train s are not solo times.",
+        + "; the whole test set; "
+        + (
+            f"{solo['name']} trained alone first, the others shared the device (their train s "
+            "are not solo times)."
+            if solo
+            else "runs shared the device, so train s are not solo times."
+        ),
         "",
         "| method | seeds | top-1 % | NLL | ECE | train s |",
         "|---|---|---:|---:|---:|---:|",

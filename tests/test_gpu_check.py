@@ -1,6 +1,8 @@
-"""Tests for benchmarks/gpu_check.py: its --tiny rehearsal runs every stage on the CPU and
-leaves the summary, run folders and bundle the GPU check promises; a budget too small for a
-stage skips it; asking for CUDA without one stops at once with one line."""
+"""Tests for benchmarks/gpu_check.py: its --tiny rehearsal (one invocation, shared by the tests)
+runs every stage on the CPU and leaves the summary, run folders and bundle the GPU check
+promises: the solo IPS run first, the one-process torchrun run (gloo on the CPU), the Targets
+section; a budget too small for a stage skips it; asking for CUDA without one stops at once
+with one line."""
 
 import importlib.util
 import json
@@ -50,15 +52,102 @@ def test_tiny_check_passes_every_stage(tiny_check):
     assert summary["tiny"] and summary["info"]["device"] == "cpu"
     assert summary["info"]["git_commit"]  # a commit, or "unknown" outside a git checkout
     stages = summary["stages"]
-    assert [stages[s]["status"] for s in ("data", "bench", "runs", "compare")] == ["passed"] * 4
+    passed = ("data", "bench", "runs", "ddp", "compare")
+    assert [stages[s]["status"] for s in passed] == ["passed"] * 5
     # the CUDA tests were invoked: all skipped on a CPU (run and passed where there is a GPU)
     assert stages["tests"]["status"] == ("passed" if torch.cuda.is_available() else "skipped")
     counts = summary["info"]["cuda_tests"]
     assert counts["tests"] > 0 and counts["failures"] == counts["errors"] == 0
-    for name in ("data", "bench", "runs", "tests", "compare"):  # wall time of every stage
+    for name in ("data", "bench", "runs", "tests", "ddp", "compare"):  # wall time of each
         assert stages[name]["seconds"] > 0
         assert f"== {name}: {stages[name]['status']} in " in proc.stdout
     assert summary["bench"]["swap"]["swap"] and summary["bench"]["train"]["steps"][0]["ips_ms"] > 0
+    # the captured step needs CUDA: eager times only on the CPU, captured ones null
+    step = summary["bench"]["train"]["steps"][0]
+    assert step["ce_ms"] > 0 and step["ips_over_ce"] > 0 and step["ips_over_ce_2x_batch"] > 0
+    graph = ("ce_graph_ms", "ips_graph_ms", "ce_2x_batch_graph_ms", "ips_over_ce_graph")
+    assert [step[k] for k in graph] == [None] * 4
+    train_md = (out / "bench" / "train.md").read_text()
+    assert "| ms / step eager | ms / step captured | x ce | x ce at 2x batch |" in train_md
+    assert "The captured step (a CUDA graph) needs CUDA" in train_md
+
+
+@pytest.mark.slow
+def test_tiny_check_trains_ips_alone_first(tiny_check):
+    proc, out, _ = tiny_check
+    summary = json.loads((out / "summary.json").read_text())
+    solo = summary["solo"]
+    assert solo["name"] == "ips-s0" and solo["status"] == "finished" and solo["alone"]
+    assert solo["wall_time_s"] > 0 and solo["train_step"] == "eager"  # "graph" on a GPU
+    runs = {r["name"]: r for r in summary["runs"]}
+    others = [r["started_s"] for name, r in runs.items() if name != "ips-s0"]
+    assert runs["ips-s0"]["started_s"] == solo["started_s"] < solo["ended_s"] <= min(others)
+    trained = [line for line in proc.stdout.splitlines() if "[train " in line]
+    assert "[train 1/4] ips-s0 finished alone in " in trained[0]
+    # the CUDA tests and the torchrun run start only once the solo run is done
+    for stage in ("tests", "ddp"):
+        assert summary["stages"][stage]["started_s"] >= solo["ended_s"]
+
+
+@pytest.mark.slow
+def test_tiny_check_torchrun_one_process_under_ddp(tiny_check):
+    _, out, _ = tiny_check
+    summary = json.loads((out / "summary.json").read_text())
+    ddp = summary["ddp"]
+    assert ddp["status"] == "passed" and ddp["backend"] == "gloo" and ddp["ddp_wrapped"]
+    assert "torch.distributed.run --standalone --nproc_per_node=1 -m ipskit train" in ddp["command"]
+    assert "--method ips --seed 0 --epochs 1" in ddp["command"] and ddp["epoch_time_s"] > 0
+    assert "x1 (DDP)" in (out / "logs" / "torchrun.log").read_text()
+    run = out / "ddp" / "ips-torchrun-x1"
+    assert json.loads((run / "env.json").read_text())["world_size"] == 1
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    assert summary["stages"]["ddp"]["detail"].startswith("1 rank over gloo, DDP: 1 ips epoch in ")
+    md = (out / "summary.md").read_text()
+    assert "## torchrun, one process (DDP)" in md and "**passed**; one rank over gloo" in md
+    assert "cannot run two nccl ranks" in md
+    assert not [r for r in summary["runs"] if "torchrun" in r["name"]]  # not a reference run
+
+
+@pytest.mark.slow
+def test_tiny_check_targets(tiny_check):
+    _, out, _ = tiny_check
+    summary = json.loads((out / "summary.json").read_text())
+    targets = {t["target"]: t for t in summary["targets"]}
+    assert list(targets) == [
+        "CE step at batch 128, captured",
+        "IPS step / CE step at batch 256, captured",
+        "15-epoch IPS run alone, evaluation each epoch (CIFAR-10)",
+        "patch_swap kernels a call",
+        "patch_swap time / two-`where` floor at B=256 (3x32x32, grid 8), GPU",
+    ]
+    assert [t["goal"] for t in targets.values()] == [
+        "<= 2.8 ms",
+        "<= 1.1x",
+        "<= 45 s",
+        "<= 10",
+        "<= 2x",
+    ]
+    # timings are judged on a GPU at full scale only: the CPU's values, not measured
+    for name, t in list(targets.items())[:3] + list(targets.items())[4:]:
+        assert t["status"] == "not measured", name
+    ce, ratio, solo, kernels, swap = targets.values()
+    assert ce["value"] is None and "no captured step on cpu; eager " in ce["measured"]
+    assert "at batch 16" in ce["measured"] and "at batch 16" in ratio["measured"]
+    assert (
+        solo["value"] == summary["solo"]["wall_time_s"] and "train step eager" in solo["measured"]
+    )
+    assert swap["value"] > 0 and "on cpu: the target is for a GPU" in swap["measured"]
+    # a kernel count is a count on any device: judged
+    ops = summary["bench"]["swap"]["ops"][0]
+    assert ops["op"].startswith("patch_swap") and kernels["value"] == ops["kernels"]
+    assert kernels["status"] == ("met" if ops["kernels"] <= 10 else "not met")
+    md = (out / "summary.md").read_text()
+    assert "## Targets (" in md and "| target | goal | measured | status |" in md
+    for t in targets.values():
+        assert f"| {t['target']} | {t['goal']} | {t['measured']} | {t['status']} |" in md
+    assert "### Training step, ms: captured (CUDA graph) vs eager" in md
+    step = summary["bench"]["train"]["steps"][0]
+    assert f"| 16 | {step['ce_ms']:.2f} | - | {step['ips_ms']:.2f} | - |" in md
 
 
 @pytest.mark.slow
@@ -100,7 +189,8 @@ def test_tiny_check_bundle_holds_three_files_and_no_checkpoints(tiny_check):
     with tarfile.open(bundle / "gpu-check.tgz") as tar:
         names = tar.getnames()
     assert f"{out.name}/runs/ce-s0/metrics.jsonl" in names
-    assert f"{out.name}/logs/ips-s1.log" in names
+    assert f"{out.name}/logs/ips-s1.log" in names and f"{out.name}/logs/torchrun.log" in names
+    assert f"{out.name}/ddp/ips-torchrun-x1/summary.json" in names
     assert not [n for n in names if n.endswith(".pt") or "/data/" in n or n.endswith(".tgz")]
 
 
@@ -111,6 +201,8 @@ def test_a_budget_too_small_skips_every_stage(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert {s["status"] for s in summary["stages"].values()} == {"skipped"}
     assert summary["stages"]["runs"]["detail"] == "out of time"
+    assert summary["stages"]["ddp"]["detail"] == "out of time" and summary["ddp"] is None
+    assert {t["status"] for t in summary["targets"]} == {"not measured"}
     assert not (out / "runs").exists()
     assert "| ce | none finished |" in (out / "summary.md").read_text()
 
