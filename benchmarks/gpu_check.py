@@ -512,39 +512,22 @@ class Check:
         )
 
     # ----- 3. reference runs (+ evaluation), with the CUDA tests alongside
-    def train_job(self, method: str, seed: int) -> Job:
-        s, name = self.scale, run_name(method, seed)
-        cmd = self.python(
-            "-m",
-            "ipskit",
-            "train",
-            "--dataset",
-            f"imagefolder:{self.data}",
-            "--model",
-            s.model,
-            "--method",
-            method,
-            "--seed",
-            seed,
-            "--epochs",
-            s.epochs,
-            "--batch-size",
-            s.batch_size,
-            "--lr",
-            s.lr,
-            "--device",
-            self.device,
-            "--out-dir",
-            self.out / "runs",
-            "--name",
-            name,
-            "--no-progress",
-            "--resume",
-        )
+    def train_args(self, method: str, seed: int, epochs: int, out_dir: Path, name: str) -> list:
+        """The ``ipskit train`` flags of one run at this scale (after ``-m ipskit train``)."""
+        s = self.scale
+        args = ["--dataset", f"imagefolder:{self.data}", "--model", s.model, "--method", method]
+        args += ["--seed", seed, "--epochs", epochs, "--batch-size", s.batch_size, "--lr", s.lr]
+        args += ["--device", self.device, "--out-dir", out_dir, "--name", name, "--no-progress"]
         if s.image_size:
-            cmd += ["--image-size", s.image_size]
+            args += ["--image-size", s.image_size]
         if s.max_train_samples:
-            cmd += ["--max-train-samples", s.max_train_samples]
+            args += ["--max-train-samples", s.max_train_samples]
+        return args
+
+    def train_job(self, method: str, seed: int) -> Job:
+        name = run_name(method, seed)
+        args = self.train_args(method, seed, self.scale.epochs, self.out / "runs", name)
+        cmd = self.python("-m", "ipskit", "train", *args, "--resume")
         return Job(name, "train", cmd, self.out / "logs" / f"{name}.log")
 
     def eval_job(self, name: str) -> Job:
@@ -587,7 +570,7 @@ class Check:
     def ddp_job(self) -> Job:
         """One process under torchrun: it joins a process group (nccl on CUDA, gloo on the CPU)
         and trains under DDP, which is all a one-GPU machine can check of the multi-GPU path."""
-        s = self.scale
+        args = self.train_args("ips", 0, 1, self.out / "ddp", DDP_RUN)
         cmd = self.python(
             "-m",
             "torch.distributed.run",
@@ -596,33 +579,9 @@ class Check:
             "-m",
             "ipskit",
             "train",
-            "--dataset",
-            f"imagefolder:{self.data}",
-            "--model",
-            s.model,
-            "--method",
-            "ips",
-            "--seed",
-            0,
-            "--epochs",
-            1,
-            "--batch-size",
-            s.batch_size,
-            "--lr",
-            s.lr,
-            "--device",
-            self.device,
-            "--out-dir",
-            self.out / "ddp",
-            "--name",
-            DDP_RUN,
-            "--no-progress",
+            *args,
             "--overwrite",
         )
-        if s.image_size:
-            cmd += ["--image-size", s.image_size]
-        if s.max_train_samples:
-            cmd += ["--max-train-samples", s.max_train_samples]
         return Job(
             "torchrun x1",
             "ddp",
