@@ -1,6 +1,7 @@
 """Tests for ipskit.sweep: one tidy CSV, resumable without recomputation, and the demo."""
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -236,6 +237,19 @@ def test_jobs_train_runs_at_once_into_the_same_table(tmp_path):
     assert strip == [
         {**r, "run_dir": r["run_dir"].replace(str(tmp_path / "a"), "X")} for r in rows_one
     ]
+
+
+def test_a_job_process_returns_its_result_its_error_or_how_it_died():
+    """What --jobs relies on: a cell's process sends back its result, or its error as one line,
+    and a process that dies without either (a crash, a kill) is reported, never waited on."""
+    from ipskit.sweep import _in_own_process
+
+    assert _in_own_process(os.getpid, (), 1, None) != os.getpid()
+    assert _in_own_process(os.getenv, ("OMP_NUM_THREADS",), 1, None) == "1"
+    with pytest.raises(RuntimeError, match=r"^ValueError: invalid literal for int"):
+        _in_own_process(int, ("x",), 1, None)
+    with pytest.raises(RuntimeError, match=r"ended without a result \(exit 3\)"):
+        _in_own_process(os._exit, (3,), 1, None)
 
 
 def test_a_failed_run_is_a_row_and_the_sweep_goes_on(tmp_path):
