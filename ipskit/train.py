@@ -694,7 +694,7 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
     step_fn = TrainStep(net, method, optimizer, gen, amp=amp)
     if capture:
         step_fn = CapturedStep(step_fn, fallback=cfg.capture == "auto", log=tqdm.write)
-    wall = time.perf_counter()
+    wall, told_capture = time.perf_counter(), False
     try:
         for epoch in range(start, cfg.epochs + 1):
             t0 = time.perf_counter()
@@ -717,7 +717,8 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
                 desc=f"{cfg.method} {epoch}/{cfg.epochs}",
                 step_fn=step_fn,
             )
-            if verbose and epoch == start and capture and step_fn.mode == "graph":
+            if verbose and capture and step_fn.mode == "graph" and not told_capture:
+                told_capture = True  # once, in the epoch the capture happened
                 tqdm.write(
                     f"training step captured in a CUDA graph after {step_fn.warmup} eager steps "
                     f"({step_fn.setup_s:.1f} s for those and the capture)"
