@@ -71,6 +71,14 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+class _TrueIfBare(argparse.Action):
+    """A sweep's true/false flag: ``--flag`` alone is ``[True]``, ``--flag true false`` an
+    axis."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, list(values) or [True])
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser, multi: bool = False, exclude: tuple[str, ...] = ()
 ) -> None:
@@ -103,9 +111,12 @@ def add_config_arguments(
         else:
             parse = _bool if base is bool else base
             kw["type"] = _optional(parse) if args else parse
-            kw["metavar"] = f.name.upper()
+            if "choices" not in f.metadata:  # argparse shows {a,b,c} itself
+                kw["metavar"] = f.name.upper()
             if multi:
                 kw["nargs"] = "+"
+            if multi and base is bool:  # --flag alone means true, as for ipskit train
+                kw.update(nargs="*", action=_TrueIfBare, metavar="true|false")
         groups[f.metadata["group"]].add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
@@ -414,21 +425,31 @@ def main(argv: list[str] | None = None) -> int:
         "compare": evaluate.compare_command,
     }
     debug = ns.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    return _guard(lambda: commands[ns.command](ns), debug)
+    return _guard(lambda: commands[ns.command](ns), debug, _AFTER_INTERRUPT.get(ns.command, ""))
 
 
-def _guard(fn, debug: bool = False) -> int:
+# What to do after Ctrl-C, per command.
+_AFTER_INTERRUPT = {
+    "train": "; continue the run with --resume",
+    "sweep": "; run the same command again to continue (finished runs are reused, the one "
+    "in progress resumes from its last epoch)",
+    "demo": "; run it again to continue (finished runs are reused)",
+}
+
+
+def _guard(fn, debug: bool = False, after_interrupt: str = "") -> int:
     """Run a command: bad input and faults a user can fix (``InputError``, a missing dataset,
     an ``OSError`` naming a path: permissions, disk, missing files) -> one ``error:`` line and
     status 2; divergence -> status 1; anything else is a bug and keeps its traceback, as does
     everything with ``debug``."""
     from ipskit.data import DatasetUnavailableError
+    from ipskit.sweep import SweepFailed
 
     try:
         return int(fn() or 0)
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 2
-    except FloatingPointError as e:
+    except (FloatingPointError, SweepFailed) as e:  # a run diverged or failed: status 1
         if debug:
             raise
         sys.stderr.write(f"error: {e}\n")
@@ -439,7 +460,7 @@ def _guard(fn, debug: bool = False) -> int:
         sys.stderr.write(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted; continue the run with --resume\n")
+        sys.stderr.write(f"\ninterrupted{after_interrupt}\n")  # off any progress bar's line
         return 130
 
 

@@ -29,6 +29,7 @@ import functools
 import io
 import itertools
 import os
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from ipskit.train import fit
 
 __all__ = [
     "run_sweep",
+    "SweepFailed",
     "sweep_cells",
     "read_results",
     "cell_summary",
@@ -162,11 +164,22 @@ def _job_context():
     return ctx
 
 
+# A cell failing with one of these is a failed row and the sweep goes on; anything else is a
+# bug (in --jobs processes its traceback goes to stderr first).
+_USER_ERRORS = (InputError, FloatingPointError, OSError)
+
+
+class SweepFailed(RuntimeError):
+    """Some cells of a sweep failed; the table has every row (``ipskit sweep``: status 1)."""
+
+
 def _one_line(e: BaseException) -> str:
     """An exception as the command line would print it: a user's error as its message, a bug
     with its type."""
+    from ipskit.data import DatasetUnavailableError
+
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, (InputError, FloatingPointError, OSError)) and text:
+    if isinstance(e, _USER_ERRORS + (DatasetUnavailableError,)) and text:
         return text
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
@@ -183,6 +196,8 @@ def _job_main(conn, fn, args, threads: int, gpu: int | None) -> None:
     try:
         conn.send(("ok", fn(*args)))
     except BaseException as e:  # noqa: BLE001 - every failure becomes the cell's row
+        if not isinstance(e, _USER_ERRORS + (KeyboardInterrupt,)):
+            traceback.print_exc()  # a bug: its traceback, as a run on its own would show
         conn.send(("error", _one_line(e)))
     finally:
         conn.close()
@@ -211,6 +226,26 @@ def _in_own_process(fn, args: tuple, threads: int, gpu: int | None):
     raise RuntimeError(f"the run's process ended without a result ({how})")
 
 
+def _finished_before(cfg: TrainConfig) -> bool:
+    """Whether the cell's run folder holds a finished run (its summary says so)."""
+    from ipskit.runs import SUMMARY, read_json
+
+    try:
+        summary = read_json(Path(cfg.out_dir) / cfg.run_name / SUMMARY, {}) or {}
+    except ValueError:  # torn: train (resume) it instead
+        return False
+    return summary.get("status") == "finished"
+
+
+def _reuse(cfg: TrainConfig):
+    """A finished cell's summary, through ``fit(resume=True)``, which checks that the run was
+    trained with these settings and returns without loading data; or the error."""
+    try:
+        return _train_cell(cfg)
+    except _USER_ERRORS as e:
+        return e
+
+
 def _submit(todo, jobs: int, launcher: str, launcher_options: dict, folder: Path, progress: bool):
     """Submit ``todo`` ((index, cfg) pairs); yield (index, summary or exception) as jobs end."""
     if launcher == "submitit":
@@ -233,7 +268,7 @@ def _submit(todo, jobs: int, launcher: str, launcher_options: dict, folder: Path
         for i, cfg in todo:
             try:
                 yield i, _train_cell(cfg, progress)
-            except FloatingPointError as e:  # a diverged run: recorded, the sweep goes on
+            except _USER_ERRORS as e:  # recorded as a failed row, as with --jobs N
                 yield i, e
         return
     # Each cell its own process (_in_own_process), started from threads that only wait for it;
@@ -293,7 +328,8 @@ def run_sweep(
         cells, so a sweep killed at any point leaves a valid table of the runs done; running
         the same sweep again trains only what is missing.
     Raises:
-        RuntimeError after the table is written, if any run failed (each is named).
+        SweepFailed (a RuntimeError) after the table is written, if any run failed (each is
+        named in one line); a run failing with a bug raises its own error (``jobs=1``).
     """
     if not sweep_name or sweep_name.startswith("/") or ".." in sweep_name.split("/"):
         raise InputError(f"sweep name {sweep_name!r} must be a relative folder name")
@@ -305,35 +341,40 @@ def run_sweep(
     path.parent.mkdir(parents=True, exist_ok=True)
     rows: dict[int, dict] = {}
     failed = []
-    todo = list(enumerate(cfg for _, cfg in cells))
+    # Cells finished before (by an earlier call of this sweep) are reused here, without
+    # starting a process, and said to be; the others are trained.
+    finished = [i for i, (_, cfg) in enumerate(cells) if _finished_before(cfg)]
+    todo = [(i, cfg) for i, (_, cfg) in enumerate(cells) if i not in set(finished)]
     bar = tqdm(total=len(cells), desc=f"sweep {sweep_name}", disable=not progress)
-    if jobs > 1 or launcher != "local":
+    if jobs > 1 or launcher != "local" or finished:
         tqdm.write(
-            f"sweep {sweep_name}: {len(cells)} runs, "
-            + (f"{jobs} at once" if launcher == "local" else f"as {launcher} jobs")
+            f"sweep {sweep_name}: {len(cells)} runs"
+            + (f", {len(finished)} finished before" if finished else "")
+            + (f", {jobs} at once" if launcher == "local" else f", as {launcher} jobs")
         )
-    for i, result in _submit(
+    reused = ((i, _reuse(cells[i][1])) for i in finished)
+    trained = _submit(
         todo,
         jobs,
         launcher,
         launcher_options or {},
         path.parent,
         progress and epoch_bars and jobs == 1 and launcher == "local",
-    ):
+    )
+    for i, result in itertools.chain(reused, trained):
         point, cfg = cells[i]
+        where = f"[{len(rows) + 1}/{len(cells)}] {cfg.run_name}"
         if isinstance(result, BaseException):
-            line = (
-                str(result).strip().splitlines()[0]
-                if str(result).strip()
-                else type(result).__name__
-            )
+            text = str(result).strip()  # a job's own one line, or an exception here
+            line = text.splitlines()[0] if isinstance(result, RuntimeError) and text else None
+            line = line or _one_line(result)
             failed.append(f"{cfg.run_name}: {line}")
             summary = {"status": "failed", "run_dir": str(Path(cfg.out_dir) / cfg.run_name)}
-            tqdm.write(f"[{len(rows) + 1}/{len(cells)}] {cfg.run_name}: FAILED: {line}")
+            tqdm.write(f"{where}: FAILED: {line}")
         else:
             summary = result
             tqdm.write(
-                f"[{len(rows) + 1}/{len(cells)}] {cfg.run_name}: test "
+                f"{where}: {'finished before, reused: ' if i in finished else ''}test "
                 f"{100 * summary['test_acc']:.2f}%  ece {summary['ece']:.4f}"
             )
         rows[i] = _row(point, cfg, summary)
@@ -341,7 +382,7 @@ def run_sweep(
         bar.update(1)
     bar.close()
     if failed:
-        raise RuntimeError(
+        raise SweepFailed(
             f"{len(failed)} of {len(cells)} runs failed (the table has the others): "
             + "; ".join(failed)
         )

@@ -9,7 +9,15 @@ import pytest
 import ipskit.train as T
 from ipskit.cli import main
 from ipskit.runs import list_runs
-from ipskit.sweep import cell_summary, format_table, read_results, run_demo, run_sweep, sweep_cells
+from ipskit.sweep import (
+    SweepFailed,
+    cell_summary,
+    format_table,
+    read_results,
+    run_demo,
+    run_sweep,
+    sweep_cells,
+)
 
 TINY = dict(
     model=["smallcnn"],
@@ -112,6 +120,44 @@ def test_sweep_command_line(tmp_path, capsys):
     assert [r["lr"] for r in rows] == ["0.05", "0.1"]
     assert main([*argv[:-3], "--out-dir", str(tmp_path), "--pr", "7", "--no-progress"]) == 2
     assert "error: pr must be in [0, 1], got 7.0" in capsys.readouterr().err
+    # run again: both cells are reused, and say so
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 runs, 2 finished before" in out and out.count("finished before, reused: test") == 2
+    # a cell that fails is a row and one line with status 1, not a traceback
+    capsys.readouterr()
+    assert main([*argv[:-3], "--lr", "1e6", "--out-dir", str(tmp_path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 of 1 runs failed (the table has the others): cli/run: ")
+    assert "non-finite loss" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_sweep_true_false_flags_alone_or_as_an_axis():
+    from ipskit.cli import build_parser
+
+    ns = build_parser().parse_args(
+        ["sweep", "--name", "b", "--skip-bad-files", "--augment", "true", "false"]
+    )
+    assert ns.skip_bad_files == [True] and ns.augment == [True, False]
+    ns = build_parser().parse_args(["sweep", "--name", "b", "--amp", "none", "true"])
+    assert ns.amp == [None, True]
+
+
+def test_ctrl_c_says_how_each_command_continues(monkeypatch, capsys):
+    import ipskit.cli as cli
+
+    def interrupted(ns):
+        raise KeyboardInterrupt
+
+    for command, argv, hint in [
+        ("_train", ["train"], "continue the run with --resume"),
+        ("_sweep", ["sweep", "--name", "s"], "run the same command again to continue"),
+        ("_demo", ["demo"], "run it again to continue"),
+    ]:
+        monkeypatch.setattr(cli, command, interrupted)
+        assert main(argv) == 130
+        err = capsys.readouterr().err
+        assert err.startswith("\ninterrupted; ") and hint in err, (command, err)
 
 
 def test_demo_trains_ce_and_ips_and_prints_a_table(tmp_path, capsys):
@@ -256,7 +302,7 @@ def test_a_failed_run_is_a_row_and_the_sweep_goes_on(tmp_path):
     """A diverging run (lr 1e6) is recorded as failed; the others finish, the table is intact,
     and running the sweep again retrains only what is missing."""
     values = {**SMALL, "pr": [0.5], "lr": [0.05, 1e6], "out_dir": [str(tmp_path)]}
-    with pytest.raises(RuntimeError, match=r"2 of 4 runs failed .*lr=1000000.0.*non-finite loss"):
+    with pytest.raises(SweepFailed, match=r"2 of 4 runs failed .*lr=1000000.0.*non-finite loss"):
         run_sweep(values, "f", progress=False, jobs=2)
     rows, df = _table(tmp_path / "f" / "results.csv")
     # cell order: the lr axis outside the seed axis (TrainConfig's field order)
