@@ -29,7 +29,10 @@ import functools
 import io
 import itertools
 import os
+import sys
+import threading
 import traceback
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -203,13 +206,30 @@ def _job_main(conn, fn, args, threads: int, gpu: int | None) -> None:
         conn.close()
 
 
+_STARTING = threading.Lock()
+
+
+def _start_without_main(proc) -> None:
+    """Start ``proc`` without telling it the caller's ``__main__``. multiprocessing would run
+    that script again in every job (all of it, in a script without a ``__main__`` guard; a
+    tool such as Streamlit's AppTest may even leave another script there), while a job needs
+    only ipskit, which it imports by name."""
+    main = sys.modules["__main__"]
+    with _STARTING:
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            proc.start()
+        finally:
+            sys.modules["__main__"] = main
+
+
 def _in_own_process(fn, args: tuple, threads: int, gpu: int | None):
     """``fn(*args)`` in a process of its own (see _job_context); its result, or a RuntimeError
     with its one-line error, or saying how the process ended if it died without one."""
     ctx = _job_context()
     receive, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_job_main, args=(send, fn, args, threads, gpu))
-    proc.start()
+    _start_without_main(proc)
     send.close()  # only the child holds the sending end: its death ends recv() with EOFError
     try:
         kind, value = receive.recv()

@@ -2,6 +2,8 @@
 
 import csv
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -296,6 +298,21 @@ def test_a_job_process_returns_its_result_its_error_or_how_it_died():
         _in_own_process(int, ("x",), 1, None)
     with pytest.raises(RuntimeError, match=r"ended without a result \(exit 3\)"):
         _in_own_process(os._exit, (3,), 1, None)
+
+
+def test_job_processes_never_run_the_callers_script_again(tmp_path, monkeypatch):
+    """multiprocessing re-runs the caller's __main__ in each child; a script calling
+    run_sweep(jobs=2) without a main guard (or a tool that left another script as __main__)
+    would run again in every job. Jobs need only ipskit."""
+    from ipskit.sweep import _in_own_process
+
+    script = tmp_path / "caller.py"
+    script.write_text("raise SystemExit('the caller ran again')\n")
+    caller = types.ModuleType("__main__")
+    caller.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", caller)
+    assert _in_own_process(os.getpid, (), 1, None) != os.getpid()
+    assert sys.modules["__main__"] is caller
 
 
 def test_a_failed_run_is_a_row_and_the_sweep_goes_on(tmp_path):
