@@ -275,9 +275,9 @@ class TrainConfig:
         "auto",
         "auto | on | off: capture the whole training step (swap or mixer, forward, loss, "
         "backward, fused SGD update) in a CUDA graph and replay it, so the GPU does not wait "
-        "for Python to launch each kernel. auto: on for CUDA in a single process, falling back "
-        "to the eager step with one line if the capture fails; on: the same, a failure is an "
-        "error; off: always eager (CPU, MPS and torchrun runs are eager).",
+        "for Python to launch each kernel. auto: captured on CUDA in a single process, eager "
+        "on CPU, MPS and under torchrun, and eager with one line if the capture fails; on: "
+        "captured or an error; off: always eager.",
         choices=CAPTURE_MODES,
         group="runtime",
     )

@@ -765,7 +765,7 @@ def _fit(cfg, resume, overwrite, progress, verbose, world, rank, local, on_epoch
         "seed": cfg.seed,
         "epochs": cfg.epochs,
         "wall_time_s": wall_before + time.perf_counter() - wall,
-        "train_step": getattr(step_fn, "mode", "eager"),
+        "train_step": "graph" if getattr(step_fn, "mode", "") == "graph" else "eager",
         "status": "finished",
     }
     if rank == 0:
