@@ -18,8 +18,9 @@ What a captured step needs, and where ipskit provides it:
 2. No host-device sync inside the step: the swap, augmentation, mixers and IPS loss draw and
    apply on the device (``tests/test_cuda.py`` runs a step under sync debug mode "error").
 3. A learning rate the graph reads from memory: :func:`use_tensor_lr` turns each param group's
-   ``lr`` into a device tensor, which the scheduler fills in place, and the optimizer is
-   fused SGD (``fused=True``: its update reads a tensor lr without a sync).
+   ``lr`` into a device tensor, which the scheduler fills in place (:func:`keep_rate_tensors`
+   restores it before each replay if a scheduler assigned a new value instead), and the
+   optimizer is fused SGD (``fused=True``: its update reads a tensor lr without a sync).
 4. Fresh random draws on every replay: the method's generator is registered with the graph,
    so each replay advances it as an eager step would and ``manual_seed`` still reseeds it.
 5. Autocast without its weight cache (the cache would hold tensors freed after capture).
@@ -43,6 +44,7 @@ __all__ = [
     "TrainStep",
     "CapturedStep",
     "use_tensor_lr",
+    "keep_rate_tensors",
     "lr_value",
     "portable_state",
 ]
@@ -147,6 +149,7 @@ class CapturedStep:
                     f"a captured step replays batches of shape {tuple(self._x.shape)} only, "
                     f"got {tuple(x.shape)}; use drop_last loaders or capture='off'"
                 )
+            keep_rate_tensors(self.step.optimizer, self._rates)
             self._x.copy_(x)
             self._y.copy_(y)
             self._graph.replay()
@@ -193,6 +196,7 @@ class CapturedStep:
             self.log(f"capturing the training step failed ({self.error}); training eagerly")
             return self.step(x, y)
         self._graph, self._out, self.mode = graph, out, "graph"
+        self._rates = [group["lr"] for group in self.step.optimizer.param_groups]
         graph.replay()  # capturing runs nothing: this replay trains the captured batch
         return out
 
@@ -202,6 +206,17 @@ def use_tensor_lr(optimizer: torch.optim.Optimizer, device: torch.device) -> Non
     captured update reads; ``LRScheduler`` fills such a tensor in place)."""
     for group in optimizer.param_groups:
         group["lr"] = torch.tensor(lr_value(group["lr"]), dtype=torch.float32, device=device)
+
+
+def keep_rate_tensors(optimizer: torch.optim.Optimizer, rates: list[Tensor]) -> None:
+    """Point every param group's ``lr`` back at the tensor in ``rates`` the graph reads, filled
+    with the rate the group now holds. A scheduler that fills the tensor in place (recent
+    PyTorch) leaves nothing to do; one that assigns a new value instead would otherwise leave
+    the graph training at a stale rate."""
+    for group, rate in zip(optimizer.param_groups, rates):
+        if group["lr"] is not rate:
+            rate.fill_(lr_value(group["lr"]))
+            group["lr"] = rate
 
 
 def lr_value(lr: float | Tensor) -> float:

@@ -14,7 +14,14 @@ from train_helpers import cache_datasets, tiny
 from ipskit.checks import InputError
 from ipskit.config import TrainConfig
 from ipskit.methods import build_method
-from ipskit.step import CapturedStep, TrainStep, lr_value, portable_state, use_tensor_lr
+from ipskit.step import (
+    CapturedStep,
+    TrainStep,
+    keep_rate_tensors,
+    lr_value,
+    portable_state,
+    use_tensor_lr,
+)
 from ipskit.train import fit, lr_factor, prepare_data
 
 
@@ -89,6 +96,22 @@ def test_tensor_lr_follows_the_schedule_in_place_and_trains_like_a_float_lr():
     assert rates_f == pytest.approx([0.2 * lr_factor(s, 8, 2, "cosine") for s in range(6)])
     for a, b in zip(weights_f, weights_t):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_rate_tensors_survive_a_scheduler_that_assigns_new_rates():
+    """The graph reads the rate from the tensors it was captured with: whatever a scheduler
+    puts in the param group is copied into them before the next replay."""
+    opt = torch.optim.SGD(_model().parameters(), lr=0.2, momentum=0.9)
+    use_tensor_lr(opt, torch.device("cpu"))
+    rates = [g["lr"] for g in opt.param_groups]
+    keep_rate_tensors(opt, rates)  # nothing to do
+    assert opt.param_groups[0]["lr"] is rates[0] and rates[0].item() == pytest.approx(0.2)
+    opt.param_groups[0]["lr"] = 0.05  # what an older scheduler does
+    keep_rate_tensors(opt, rates)
+    assert opt.param_groups[0]["lr"] is rates[0] and rates[0].item() == pytest.approx(0.05)
+    opt.param_groups[0]["lr"] = torch.tensor(0.01)  # a new tensor
+    keep_rate_tensors(opt, rates)
+    assert opt.param_groups[0]["lr"] is rates[0] and rates[0].item() == pytest.approx(0.01)
 
 
 def test_portable_state_holds_floats_and_resumes_an_eager_run():
