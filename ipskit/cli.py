@@ -25,6 +25,7 @@ import argparse
 import copy
 import dataclasses
 import os
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -326,16 +327,24 @@ def _sweep(ns) -> int:
         if not sep or not key:
             raise InputError(f"--launcher-opt takes KEY=VALUE, got {item!r}")
         options[key] = int(value) if value.isdigit() else value
-    path = run_sweep(
-        axes,
-        ns.sweep_name,
-        csv_path=ns.csv,
-        progress=ns.progress,
-        epoch_bars=True,
-        jobs=ns.jobs,
-        launcher=ns.launcher,
-        launcher_options=options,
-    )
+
+    def stop(signum, frame):  # SIGTERM (kill, a cluster's pre-emption) as Ctrl-C: the table
+        raise KeyboardInterrupt  # keeps every finished run, running jobs are stopped
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        path = run_sweep(
+            axes,
+            ns.sweep_name,
+            csv_path=ns.csv,
+            progress=ns.progress,
+            epoch_bars=True,
+            jobs=ns.jobs,
+            launcher=ns.launcher,
+            launcher_options=options,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, before)
     print(f"sweep table -> {path}")
     return 0
 

@@ -207,6 +207,7 @@ def _job_main(conn, fn, args, threads: int, gpu: int | None) -> None:
 
 
 _STARTING = threading.Lock()
+_LIVE: set = set()  # job processes running now: stopped if the sweep is interrupted
 
 
 def _start_without_main(proc) -> None:
@@ -231,6 +232,7 @@ def _in_own_process(fn, args: tuple, threads: int, gpu: int | None):
     proc = ctx.Process(target=_job_main, args=(send, fn, args, threads, gpu))
     _start_without_main(proc)
     send.close()  # only the child holds the sending end: its death ends recv() with EOFError
+    _LIVE.add(proc)
     try:
         kind, value = receive.recv()
     except EOFError:
@@ -238,6 +240,7 @@ def _in_own_process(fn, args: tuple, threads: int, gpu: int | None):
     finally:
         receive.close()
         proc.join()
+        _LIVE.discard(proc)
     if kind == "ok":
         return value
     if kind == "error":
@@ -246,15 +249,16 @@ def _in_own_process(fn, args: tuple, threads: int, gpu: int | None):
     raise RuntimeError(f"the run's process ended without a result ({how})")
 
 
-def _finished_before(cfg: TrainConfig) -> bool:
-    """Whether the cell's run folder holds a finished run (its summary says so)."""
+def _finished_summary(cfg: TrainConfig) -> dict | None:
+    """The summary of the cell's run if its folder holds a finished run, else None."""
     from ipskit.runs import SUMMARY, read_json
 
+    run_dir = Path(cfg.out_dir) / cfg.run_name
     try:
-        summary = read_json(Path(cfg.out_dir) / cfg.run_name / SUMMARY, {}) or {}
+        summary = read_json(run_dir / SUMMARY, {}) or {}
     except ValueError:  # torn: train (resume) it instead
-        return False
-    return summary.get("status") == "finished"
+        return None
+    return {**summary, "run_dir": str(run_dir)} if summary.get("status") == "finished" else None
 
 
 def _reuse(cfg: TrainConfig):
@@ -293,24 +297,52 @@ def _submit(todo, jobs: int, launcher: str, launcher_options: dict, folder: Path
         return
     # Each cell its own process (_in_own_process), started from threads that only wait for it;
     # CPU threads are split between the jobs, GPUs spread over round-robin.
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     gpus = torch.cuda.device_count() if todo and todo[0][1].device in ("auto", "cuda") else 0
     with ThreadPoolExecutor(jobs) as pool:
-        futures = {
-            pool.submit(
-                _in_own_process, _train_cell, (cfg,), threads, k % gpus if gpus > 1 else None
-            ): i
-            for k, (i, cfg) in enumerate(todo)
-        }
-        for f in as_completed(futures):
-            try:
-                yield futures[f], f.result()
-            except Exception as e:
-                yield futures[f], e
+        try:
+            yield from _as_they_end(pool, todo, threads, gpus)
+        except BaseException:  # interrupted: no new jobs, and the running ones stopped (their
+            pool.shutdown(wait=False, cancel_futures=True)  # last epoch's checkpoint stays)
+            _stop_jobs()
+            raise
+
+
+def _stop_jobs(grace_s: float = 10.0) -> None:
+    """Interrupt every running job as Ctrl-C would (it exits cleanly); kill what is left after
+    ``grace_s`` seconds."""
+    import signal
+
+    live = list(_LIVE)
+    for proc in live:
+        if proc.pid is not None and proc.is_alive():
+            os.kill(proc.pid, signal.SIGINT)
+    for proc in live:
+        proc.join(grace_s)
+        if proc.is_alive():
+            proc.kill()
+
+
+def _as_they_end(pool, todo, threads: int, gpus: int):
+    """Each cell of ``todo`` as its own process from ``pool``'s threads; (index, summary or
+    exception) as each ends."""
+    from concurrent.futures import as_completed
+
+    futures = {
+        pool.submit(
+            _in_own_process, _train_cell, (cfg,), threads, k % gpus if gpus > 1 else None
+        ): i
+        for k, (i, cfg) in enumerate(todo)
+    }
+    for f in as_completed(futures):
+        try:
+            yield futures[f], f.result()
+        except Exception as e:
+            yield futures[f], e
 
 
 def run_sweep(
@@ -363,7 +395,7 @@ def run_sweep(
     failed = []
     # Cells finished before (by an earlier call of this sweep) are reused here, without
     # starting a process, and said to be; the others are trained.
-    finished = [i for i, (_, cfg) in enumerate(cells) if _finished_before(cfg)]
+    finished = [i for i, (_, cfg) in enumerate(cells) if _finished_summary(cfg)]
     todo = [(i, cfg) for i, (_, cfg) in enumerate(cells) if i not in set(finished)]
     bar = tqdm(total=len(cells), desc=f"sweep {sweep_name}", disable=not progress)
     if jobs > 1 or launcher != "local" or finished:
@@ -381,7 +413,28 @@ def run_sweep(
         path.parent,
         progress and epoch_bars and jobs == 1 and launcher == "local",
     )
-    for i, result in itertools.chain(reused, trained):
+    try:
+        _collect(itertools.chain(reused, trained), cells, finished, rows, failed, path, bar)
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM from the command line): runs that
+        for i, (point, cfg) in enumerate(cells):  # finished meanwhile still get their rows
+            done = _finished_summary(cfg) if i not in rows else None
+            if done:
+                rows[i] = _row(point, cfg, done)
+        if rows:
+            _write_csv(path, [rows[k] for k in sorted(rows)])
+        raise
+    bar.close()
+    if failed:
+        raise SweepFailed(
+            f"{len(failed)} of {len(cells)} runs failed (the table has the others): "
+            + "; ".join(failed)
+        )
+    return path
+
+
+def _collect(results, cells, finished, rows, failed, path, bar) -> None:
+    """Record each (cell index, summary or exception) as it comes: a line, a row, the CSV."""
+    for i, result in results:
         point, cfg = cells[i]
         where = f"[{len(rows) + 1}/{len(cells)}] {cfg.run_name}"
         if isinstance(result, BaseException):
@@ -400,13 +453,6 @@ def run_sweep(
         rows[i] = _row(point, cfg, summary)
         _write_csv(path, [rows[k] for k in sorted(rows)])
         bar.update(1)
-    bar.close()
-    if failed:
-        raise SweepFailed(
-            f"{len(failed)} of {len(cells)} runs failed (the table has the others): "
-            + "; ".join(failed)
-        )
-    return path
 
 
 def read_results(path: str | Path, axes: tuple[str, ...] = ("grid", "pr")):

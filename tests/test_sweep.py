@@ -2,7 +2,10 @@
 
 import csv
 import os
+import signal
+import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 
 import ipskit.train as T
 from ipskit.cli import main
-from ipskit.runs import list_runs
+from ipskit.runs import claim_run_dir, list_runs
 from ipskit.sweep import (
     SweepFailed,
     cell_summary,
@@ -329,6 +332,53 @@ def test_a_failed_run_is_a_row_and_the_sweep_goes_on(tmp_path):
     with pytest.raises(RuntimeError):
         run_sweep(values, "f", progress=False)
     assert {d: (Path(d) / "summary.json").stat().st_mtime_ns for d in finished} == stamps
+
+
+def test_an_interrupted_sweep_still_tables_the_runs_that_finished(tmp_path, monkeypatch):
+    """Ctrl-C while runs train: the runs finished on disk by then get their rows."""
+    import ipskit.sweep as S
+
+    values = {**SMALL, "pr": [0.5], "out_dir": [str(tmp_path)]}
+    path = run_sweep(values, "i", progress=False)
+    path.unlink()
+    cells, real = S.sweep_cells(values, "i"), S._finished_summary
+    monkeypatch.setattr(S, "_finished_summary", lambda cfg: None)  # nothing finished yet
+
+    def interrupted(*args, **kwargs):
+        monkeypatch.setattr(S, "_finished_summary", real)  # the runs finish meanwhile ...
+        raise KeyboardInterrupt  # ... and the user presses Ctrl-C
+        yield  # a generator, as _submit is
+
+    monkeypatch.setattr(S, "_submit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(values, "i", progress=False)
+    rows = _read(path)
+    assert [r["run_dir"] for r in rows] == [str(tmp_path / c.run_name) for _, c in cells]
+    assert all(r["status"] == "finished" for r in rows)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_and_its_running_jobs(tmp_path):
+    """kill (or a cluster's pre-emption) of `ipskit sweep --jobs 2`: one line, status 130, and
+    the job processes stopped with it (their run folders free for the next call)."""
+    argv = [sys.executable, "-m", "ipskit", "sweep", "--name", "t", "--seed", "0", "1"]
+    argv += ["--model", "smallcnn", "--image-size", "8", "--max-train-samples", "200"]
+    argv += ["--batch-size", "32", "--epochs", "2000", "--jobs", "2", "--no-progress"]
+    argv += ["--out-dir", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    metrics = [tmp_path / "t" / f"seed={s}" / "metrics.jsonl" for s in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all(m.exists() and m.read_text().strip() for m in metrics):
+        assert time.monotonic() < deadline and proc.poll() is None, "the jobs never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("interrupted; run the same command again")
+    for s in (0, 1):  # the jobs are gone: their locks are free
+        with claim_run_dir(tmp_path / "t" / f"seed={s}"):
+            pass
 
 
 def test_submitit_launcher_with_its_local_executor(tmp_path):
