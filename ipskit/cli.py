@@ -22,6 +22,7 @@ traceback; ``ipskit --debug ...`` (or ``IPSKIT_DEBUG=1``) shows the traceback of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import os
@@ -434,7 +435,24 @@ def main(argv: list[str] | None = None) -> int:
         "compare": evaluate.compare_command,
     }
     debug = ns.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    return _guard(lambda: commands[ns.command](ns), debug, _AFTER_INTERRUPT.get(ns.command, ""))
+    quiet = getattr(ns, "progress", True) is False  # --no-progress: data loading's bars too
+    with _environment(TQDM_DISABLE="1") if quiet else contextlib.nullcontext():
+        return _guard(lambda: commands[ns.command](ns), debug, _AFTER_INTERRUPT.get(ns.command, ""))
+
+
+@contextlib.contextmanager
+def _environment(**values):
+    """Environment variables set for the duration of a command, then restored."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # What to do after Ctrl-C, per command.

@@ -411,7 +411,9 @@ def _each_file(
 
     pool = ThreadPoolExecutor(workers or os.cpu_count() or 1)
     try:
-        with tqdm(total=n, desc=desc, unit="img", leave=False) as bar:
+        # tqdm reads TQDM_DISABLE only at import; `ipskit ... --no-progress` sets it later
+        quiet = os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+        with tqdm(total=n, desc=desc, unit="img", leave=False, disable=quiet) as bar:
             for done in pool.map(run, range(0, n, chunk)):
                 bar.update(done)
     finally:

@@ -191,6 +191,7 @@ def _job_main(conn, fn, args, threads: int, gpu: int | None) -> None:
     """Inside a job's process: ``fn(*args)`` with ``threads`` CPU threads and only GPU ``gpu``
     visible; sends back ("ok", result) or ("error", one line)."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["TQDM_DISABLE"] = "1"  # data loading's bars of jobs side by side would interleave
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before this process first uses CUDA
     import torch
