@@ -33,6 +33,7 @@ from ipskit.checks import InputError
 from ipskit.registry import swaps_patches
 
 __all__ = [
+    "finished_summary",
     "CONFIG",
     "METRICS",
     "SUMMARY",
@@ -237,6 +238,16 @@ def read_json(path: str | os.PathLike, default=None) -> dict:
             f"{path} holds a JSON {type(value).__name__}, not the object ipskit writes there"
         )
     return value
+
+
+def finished_summary(run_dir: str | os.PathLike) -> dict | None:
+    """The summary of the run in ``run_dir`` (with ``run_dir`` added) if it has finished, else
+    None: no summary yet, a failed run, or a torn summary (train or resume it instead)."""
+    try:
+        summary = read_json(Path(run_dir) / SUMMARY, {}) or {}
+    except ValueError:
+        return None
+    return {**summary, "run_dir": str(run_dir)} if summary.get("status") == "finished" else None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -40,8 +40,9 @@ from tqdm.auto import tqdm
 
 from ipskit.checks import InputError, check_choice, check_int
 from ipskit.config import TrainConfig
+from ipskit.data import DatasetUnavailableError
 from ipskit.registry import swaps_patches
-from ipskit.runs import atomic_write_text
+from ipskit.runs import atomic_write_text, finished_summary
 from ipskit.train import fit
 
 __all__ = [
@@ -169,7 +170,7 @@ def _job_context():
 
 # A cell failing with one of these is a failed row and the sweep goes on; anything else is a
 # bug (in --jobs processes its traceback goes to stderr first).
-_USER_ERRORS = (InputError, FloatingPointError, OSError)
+_USER_ERRORS = (InputError, FloatingPointError, OSError, DatasetUnavailableError)
 
 
 class SweepFailed(RuntimeError):
@@ -179,10 +180,8 @@ class SweepFailed(RuntimeError):
 def _one_line(e: BaseException) -> str:
     """An exception as the command line would print it: a user's error as its message, a bug
     with its type."""
-    from ipskit.data import DatasetUnavailableError
-
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, _USER_ERRORS + (DatasetUnavailableError,)) and text:
+    if isinstance(e, _USER_ERRORS) and text:
         return text
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
@@ -251,15 +250,8 @@ def _in_own_process(fn, args: tuple, threads: int, gpu: int | None):
 
 
 def _finished_summary(cfg: TrainConfig) -> dict | None:
-    """The summary of the cell's run if its folder holds a finished run, else None."""
-    from ipskit.runs import SUMMARY, read_json
-
-    run_dir = Path(cfg.out_dir) / cfg.run_name
-    try:
-        summary = read_json(run_dir / SUMMARY, {}) or {}
-    except ValueError:  # torn: train (resume) it instead
-        return None
-    return {**summary, "run_dir": str(run_dir)} if summary.get("status") == "finished" else None
+    """The summary of the cell's run if it has finished, else None."""
+    return finished_summary(Path(cfg.out_dir) / cfg.run_name)
 
 
 def _reuse(cfg: TrainConfig):

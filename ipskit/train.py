@@ -592,11 +592,7 @@ def fit_or_reuse(cfg: TrainConfig, **fit_kwargs) -> Path:
     there. Use :func:`fit` when the settings must match exactly.
     """
     run_dir = Path(cfg.out_dir) / cfg.run_name
-    try:
-        finished = (runs.read_json(run_dir / runs.SUMMARY, {}) or {}).get("status") == "finished"
-    except ValueError:  # a torn summary: train (resume) instead
-        finished = False
-    if finished:
+    if runs.finished_summary(run_dir):
         return run_dir
     return Path(fit(cfg, resume=True, **fit_kwargs)["run_dir"])
 
