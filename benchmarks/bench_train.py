@@ -65,8 +65,9 @@ def _sync(device: torch.device) -> None:
 ipskit.data.load_dataset = functools.lru_cache(maxsize=None)(ipskit.data.load_dataset)
 
 
-def _setup(cfg: TrainConfig, device: torch.device, channels_last: bool = False):
-    data = prepare_data(cfg, device)
+def _parts(data, cfg: TrainConfig, device, channels_last: bool = False, fused: bool = False):
+    """Model (seed 0: the same initial weights for every side), method, SGD and a constant
+    schedule for ``cfg`` on ``data``; ``fused``: fused SGD, as training uses on CUDA."""
     b = data.bundle
     torch.manual_seed(0)
     model = build_model(cfg.model, b.num_classes, b.in_channels, b.image_size, b.mean, b.std).to(
@@ -75,9 +76,14 @@ def _setup(cfg: TrainConfig, device: torch.device, channels_last: bool = False):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = build_method(cfg, b.num_classes, b.image_size, b.mean)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, fused=fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    return data, model, method, opt, sched
+    return model, method, opt, sched
+
+
+def _setup(cfg: TrainConfig, device: torch.device, channels_last: bool = False):
+    data = prepare_data(cfg, device)
+    return (data, *_parts(data, cfg, device, channels_last))
 
 
 MODES = ("eager", "graph")  # graph: the step captured in a CUDA graph (CUDA only)
@@ -87,17 +93,7 @@ def _step_side(data, cfg: TrainConfig, device: torch.device, amp: bool, channels
     """A model, optimizer, scheduler and step for one side of the step table, as training
     builds them: on CUDA fused SGD (and, captured, the learning rate in a device tensor); on
     the CPU default SGD with a float learning rate (as this benchmark always timed)."""
-    b = data.bundle
-    torch.manual_seed(0)  # the same initial weights for every side and mode
-    model = build_model(cfg.model, b.num_classes, b.in_channels, b.image_size, b.mean, b.std).to(
-        device
-    )
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    method = build_method(cfg, b.num_classes, b.image_size, b.mean)
-    fused = device.type == "cuda"
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, fused=fused or None)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    model, method, opt, sched = _parts(data, cfg, device, channels_last, device.type == "cuda")
     gen = torch.Generator(device=device).manual_seed(0)
     if mode == "graph":
         use_tensor_lr(opt, device)
